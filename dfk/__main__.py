@@ -1,0 +1,3 @@
+from dfk.cli import main
+
+main()

@@ -1,0 +1,206 @@
+"""The ``dfk`` command line. Heavy libraries are imported inside commands so ``--help`` is fast.
+
+Every error a user can cause ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, List, Optional
+
+import typer
+
+from dfk.errors import UserError
+
+app = typer.Typer(
+    name="dfk",
+    help="DeepFake-vs-Real image classifier as an MLflow workflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Built-in synthetic set and data checks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"dfk: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Turn :class:`UserError` into one stderr line and exit 2; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            typer.echo("dfk: interrupted", err=True)
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def parse_overrides(pairs: List[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"parameter {pair!r} is not KEY=VALUE (e.g. -P epochs=5)")
+        out[key.strip()] = value
+    return out
+
+
+def _quiet_tensorflow() -> None:
+    import logging
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow.store", "urllib3", "matplotlib", "PIL", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ----------------------------------------------------------------------------- train
+ParamOption = Annotated[
+    Optional[List[str]],
+    typer.Option("--param", "-P", help="KEY=VALUE override of a training parameter (see `dfk params`); repeatable."),
+]
+
+
+@app.command()
+@user_errors
+def train(
+    arch: Annotated[Optional[str], typer.Option(help="Architecture (see `dfk models`).")] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Image folder; default: the built-in set.")] = None,
+    param: ParamOption = None,
+    experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment name (default: dfk).")] = None,
+) -> None:
+    """Train one architecture and log a complete MLflow run."""
+    from dfk.config import TrainConfig
+
+    cfg = TrainConfig.from_overrides(parse_overrides(param), arch=arch, data_dir=data_dir)
+    _quiet_tensorflow()
+    from dfk.training import train as run_training
+
+    result = run_training(cfg, experiment=experiment)
+    import mlflow
+
+    typer.echo(f"Finished run {result.run_id} in {mlflow.get_tracking_uri()}")
+    typer.echo("See it in the MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)")
+
+
+@app.command()
+def params() -> None:
+    """List every training parameter with its default and why."""
+    import dataclasses
+
+    from dfk.config import TrainConfig, field_comments
+
+    comments = field_comments()
+    for f in dataclasses.fields(TrainConfig):
+        typer.echo(f"{f.name:<18} {str(f.default):<10} {comments.get(f.name, '')}")
+
+
+@app.command()
+def models() -> None:
+    """List the architectures in the registry."""
+    from dfk.models import get_spec, list_models
+
+    for name in list_models():
+        spec = get_spec(name)
+        typer.echo(f"{name:<14} {spec.description} (min {spec.min_image_size} px)")
+
+
+# ----------------------------------------------------------------------------- data
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="New folder to write Train|Validation|Test / Fake|Real into.")],
+    train: Annotated[Optional[int], typer.Option(help="Images per class in Train.")] = None,
+    validation: Annotated[Optional[int], typer.Option(help="Images per class in Validation.")] = None,
+    test: Annotated[Optional[int], typer.Option(help="Images per class in Test.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Side of the square images in pixels.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Generator seed; the same seed gives the same files.")] = None,
+) -> None:
+    """Write the built-in synthetic forgery set (with manipulation masks) into OUT."""
+    import dataclasses
+
+    from rich.progress import Progress
+
+    from dfk.data.synth import SynthSpec, generate
+
+    given = dict(train=train, validation=validation, test=test, image_size=image_size, seed=seed)
+    spec = dataclasses.replace(SynthSpec(), **{k: v for k, v in given.items() if v is not None})
+    spec.validate()
+    total = 2 * (spec.train + spec.validation + spec.test)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("writing images", total=total)
+        path = generate(spec, out, progress=lambda n: bar.advance(task, n))
+    typer.echo(f"wrote {total} images ({spec.image_size} px) and {total // 2} masks to {path}")
+
+
+@data_app.command("inspect")
+@user_errors
+def data_inspect(
+    data_dir: Annotated[Path, typer.Argument(help="Image folder (Kaggle layout or flat Fake|Real).")],
+    val_split: Annotated[float, typer.Option(help="Validation (and test) fraction for flat folders.")] = 0.2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
+) -> None:
+    """Counts per split/class, bad files, fingerprint and a format-leakage check."""
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from dfk.data.leakage import LEAK_ACCURACY, check_leakage
+    from dfk.data.scan import scan
+
+    with Progress(transient=True, disable=as_json) as bar:
+        task = bar.add_task("reading image headers", total=None)
+        index = scan(data_dir, val_split=val_split, progress=lambda n: bar.advance(task, n))
+    reports = check_leakage(index)
+    leaks = [r for r in reports if r.leaks]
+    if as_json:
+        out = index.summary()
+        out["bad_file_list"] = [{"path": p, "reason": r} for p, r in index.bad_files]
+        out["leakage"] = [{"cue": r.cue, "balanced_accuracy": r.accuracy, "leaks": r.leaks, "real": r.real, "fake": r.fake}
+                          for r in reports]
+        typer.echo(json.dumps(out, indent=2))
+    else:
+        console = Console()
+        console.print(f"[bold]{index.root}[/]  layout: {index.layout}  fingerprint: {index.fingerprint}")
+        t = Table("split", "real", "fake", "total")
+        for split, c in index.counts().items():
+            t.add_row(split, str(c["real"]), str(c["fake"]), str(c["real"] + c["fake"]))
+        console.print(t)
+        console.print(f"ignored (not images): {index.ignored_files}   bad files: {len(index.bad_files)}")
+        for p, reason in index.bad_files[:50]:
+            console.print(f"  [red]bad[/] {p}: {reason}", markup=True, highlight=False)
+        if len(index.bad_files) > 50:
+            console.print(f"  ... and {len(index.bad_files) - 50} more")
+        t = Table("cue", "balanced acc. from this cue alone", "real", "fake", title="format leakage")
+        for r in reports:
+            t.add_row(r.cue, f"{r.accuracy:.3f}" + (" LEAK" if r.leaks else ""), _short(r.real), _short(r.fake))
+        console.print(t)
+    for r in leaks:
+        typer.echo(f"dfk: warning: {r.cue} alone separates fakes from reals "
+                   f"(balanced accuracy {r.accuracy:.2f} > {LEAK_ACCURACY:.2f}); a model may learn the container, "
+                   "not the forgery", err=True)
+
+
+def _short(d: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(d.items())[:4])
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m dfk`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,198 @@
+"""The one typed training configuration.
+
+Every default lives here and only here: the CLI (``-P key=value``), the MLproject entry points
+(rendered from this class by :mod:`dfk.mlproject`) and the Optuna search all produce a
+:class:`TrainConfig`. Overrides are strict: an unknown key or a value of the wrong type fails
+with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+from dfk.errors import UserError
+
+#: Augmentations the training pipeline knows, in the order they are applied.
+AUGMENTATIONS = ("flip", "rotation", "zoom", "brightness", "jpeg", "blur")
+
+#: ``data_dir`` value that selects the built-in synthetic forgery set (generated once, cached).
+BUILTIN_DATA = "builtin"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs. Field comments say why each default is what it is."""
+
+    # Which architecture from the registry (``dfk.models``) to build.
+    arch: str = "cnn"
+    # Image folder in the Kaggle layout (Train|Validation|Test / Fake|Real) or a flat Fake|Real
+    # folder; "builtin" uses the synthetic forgery set so every command works with no download.
+    data_dir: str = BUILTIN_DATA
+    # Fraction held out for validation, and again for test, when the folder has no splits.
+    val_split: float = 0.2
+    # The original notebook trained at 256x256; its accuracies were reported at this size.
+    image_size: int = 256
+    # The notebook's batch size.
+    batch_size: int = 32
+    # Upper bound; EarlyStopping normally ends the run earlier.
+    epochs: int = 10
+    # Adam's own default, as the notebook used Adam() unchanged.
+    learning_rate: float = 1e-3
+    # The notebook's EarlyStopping(patience=5) on val_loss, best weights restored.
+    patience: int = 5
+    # auto | imagenet | none | path to a weights file; auto falls back to random when offline.
+    weights: str = "auto"
+    # Unfreeze this many backbone layers for a second phase; 0 keeps the notebook's frozen backbone.
+    fine_tune_at: int = 0
+    # Small enough not to destroy pretrained features when the backbone is unfrozen.
+    fine_tune_lr: float = 1e-5
+    # Length of the second (fine-tuning) phase.
+    fine_tune_epochs: int = 5
+    # Head dropout; None keeps the architecture's own default (0.5 for cnn, 0.3 for the rest).
+    dropout: float | None = None
+    # Units of the head's Dense layer; None keeps the architecture's own default (512).
+    dense_units: int | None = None
+    # Comma-separated training-only augmentations; the notebook used horizontal flips.
+    augment: str = "flip"
+    # Rotation range as a fraction of a full turn (keras RandomRotation's factor).
+    aug_rotation: float = 0.05
+    # Zoom range as a fraction of the image (keras RandomZoom's factor).
+    aug_zoom: float = 0.1
+    # Maximum brightness shift on the 0..1 scale.
+    aug_brightness: float = 0.1
+    # Lowest JPEG quality for re-encoding; detectors trained without it collapse on recompressed images.
+    aug_jpeg_quality: int = 50
+    # Largest Gaussian blur sigma in pixels.
+    aug_blur_sigma: float = 1.5
+    # Decision threshold: 0 picks the equal-error-rate point on validation; else this false-positive rate.
+    target_fpr: float = 0.0
+    # Seeds Python, NumPy and TensorFlow, the shuffling and the built-in set's split.
+    seed: int = 42
+    # Test images shown in the Grad-CAM gallery of each run.
+    gradcam_images: int = 8
+
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_overrides(cls, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> "TrainConfig":
+        """Build a config from defaults plus overrides; strings are parsed to the field's type.
+
+        ``None`` values are ignored, so an unset CLI option never hides a default.
+        """
+        merged = {**(overrides or {}), **kwargs}
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(merged) - set(known))
+        if unknown:
+            raise UserError(
+                f"unknown parameter {', '.join(map(repr, unknown))}; valid parameters: {', '.join(known)}"
+            )
+        hints = typing.get_type_hints(cls)
+        values = {k: _coerce(k, v, hints[k]) for k, v in merged.items() if v is not None}
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` applied and checked like any override."""
+        return TrainConfig.from_overrides({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @property
+    def augmentations(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.augment.split(",") if a.strip() and a.strip() != "none")
+
+    def validate(self) -> None:
+        """Reject values no run could use, with the allowed range in the message."""
+        from dfk.models import get_spec  # light: the registry imports no TensorFlow
+
+        spec = get_spec(self.arch)
+        _check(self.image_size >= spec.min_image_size,
+               f"image_size={self.image_size} is too small for {self.arch}; use at least {spec.min_image_size}")
+        _check(self.image_size <= 1024, f"image_size={self.image_size} is too large; use at most 1024")
+        for name in ("batch_size", "epochs"):
+            _check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("patience", "fine_tune_at", "fine_tune_epochs", "gradcam_images"):
+            _check(getattr(self, name) >= 0, f"{name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("learning_rate", "fine_tune_lr"):
+            v = getattr(self, name)
+            _check(0 < v < 1, f"{name} must be between 0 and 1, got {v}")
+        _check(0 < self.val_split < 0.5, f"val_split must be between 0 and 0.5, got {self.val_split}")
+        _check(0 <= self.target_fpr < 1, f"target_fpr must be in [0, 1), got {self.target_fpr}")
+        if self.dropout is not None:
+            _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dense_units is not None:
+            _check(self.dense_units >= 1, f"dense_units must be at least 1, got {self.dense_units}")
+        bad = [a for a in self.augmentations if a not in AUGMENTATIONS]
+        _check(not bad, f"unknown augmentation {', '.join(bad)}; choose from {', '.join(AUGMENTATIONS)} or none")
+        _check(0 <= self.aug_rotation <= 0.5, f"aug_rotation must be in [0, 0.5], got {self.aug_rotation}")
+        _check(0 <= self.aug_zoom < 1, f"aug_zoom must be in [0, 1), got {self.aug_zoom}")
+        _check(0 <= self.aug_brightness <= 1, f"aug_brightness must be in [0, 1], got {self.aug_brightness}")
+        _check(1 <= self.aug_jpeg_quality <= 100, f"aug_jpeg_quality must be in [1, 100], got {self.aug_jpeg_quality}")
+        _check(0 <= self.aug_blur_sigma <= 10, f"aug_blur_sigma must be in [0, 10], got {self.aug_blur_sigma}")
+
+
+def field_comments() -> dict[str, str]:
+    """The "why" comment above each field, for ``dfk params`` and the rendered MLproject."""
+    import inspect
+
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(TrainConfig).splitlines():
+        s = line.strip()
+        if s.startswith("# ") and not s.startswith("# ---"):
+            pending.append(s[2:])
+        elif ":" in s and not s.startswith(("def", "@", "class", '"', "#")) and pending:
+            comments[s.split(":")[0].strip()] = " ".join(pending)
+            pending = []
+        else:
+            pending = []
+    return comments
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Parse ``value`` into the field's type; strings come from the CLI and MLproject."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    target = next((a for a in args if a is not type(None)), hint) if args else hint
+    if optional and isinstance(value, str) and value.strip().lower() in ("", "none", "auto", "default"):
+        return None
+    try:
+        if target is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if target is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, str):
+                value = value.strip()
+                as_float = float(value)
+                if not as_float.is_integer():
+                    raise ValueError
+                return int(as_float)
+            return int(value)
+        if target is float:
+            out = float(value)
+            if out != out:  # NaN
+                raise ValueError
+            return out
+        return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"parameter {name}={value!r} is not a valid {target.__name__}") from None

@@ -1,0 +1,208 @@
+"""The one evaluation module: metrics, decision threshold and plots for binary fake detection.
+
+Training's test stage, ``dfk evaluate`` and promotion all call :func:`evaluate_predictions`, so a
+metric means the same everywhere. Metrics come from sklearn.metrics; EER, TPR at a fixed FPR and
+expected calibration error are derived from its curves (sklearn has no function for them).
+Every metric is guarded against single-class inputs, where ROC quantities are undefined (NaN).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from dfk import LABELS
+
+CLASS_NAMES = [LABELS[0], LABELS[1]]  # index = label
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return len(np.unique(y)) == 2
+
+
+def eer(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[float, float]:
+    """Equal error rate and the threshold where false-positive and false-negative rates meet."""
+    from sklearn.metrics import roc_curve
+
+    if not _both_classes(y_true):
+        return math.nan, 0.5
+    fpr, tpr, thr = roc_curve(y_true, y_prob)
+    fnr = 1 - tpr
+    i = int(np.nanargmin(np.abs(fnr - fpr)))
+    rate = float((fpr[i] + fnr[i]) / 2)
+    return rate, float(min(1.0, thr[i]))
+
+
+def threshold_at_fpr(y_true: np.ndarray, y_prob: np.ndarray, target_fpr: float) -> float:
+    """The lowest threshold whose false-positive rate stays at or below ``target_fpr``."""
+    from sklearn.metrics import roc_curve
+
+    if not _both_classes(y_true):
+        return 0.5
+    fpr, _, thr = roc_curve(y_true, y_prob)
+    ok = np.where(fpr <= target_fpr)[0]
+    return float(min(1.0, thr[ok[-1]])) if len(ok) else 1.0
+
+
+def choose_threshold(y_val: Sequence[int], p_val: Sequence[float], target_fpr: float = 0.0) -> float:
+    """Decision threshold picked on validation: the EER point, or a target false-positive rate."""
+    y, p = np.asarray(y_val), np.asarray(p_val, dtype=np.float64)
+    return threshold_at_fpr(y, p, target_fpr) if target_fpr > 0 else eer(y, p)[1]
+
+
+def tpr_at_fpr(y_true: np.ndarray, y_prob: np.ndarray, fpr_target: float = 0.01) -> float:
+    from sklearn.metrics import roc_curve
+
+    if not _both_classes(y_true):
+        return math.nan
+    fpr, tpr, _ = roc_curve(y_true, y_prob)
+    return float(np.interp(fpr_target, fpr, tpr))
+
+
+def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10) -> float:
+    """ECE over equal-width bins, weighted by bin size (sklearn has calibration_curve but no ECE)."""
+    bins = np.minimum((y_prob * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            total += sel.mean() * abs(y_prob[sel].mean() - y_true[sel].mean())
+    return float(total)
+
+
+def _at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    pred = (p >= threshold).astype(int)
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "precision": float(precision_score(y, pred, zero_division=0)),
+        "recall": float(recall_score(y, pred, zero_division=0)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+    }
+
+
+def compute_metrics(y_true: Sequence[int], y_prob: Sequence[float], threshold: float = 0.5) -> dict[str, float]:
+    """All metrics, unprefixed: threshold-free ones, then those at 0.5 and at ``threshold``."""
+    from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+
+    y = np.asarray(y_true).astype(int)
+    p = np.clip(np.asarray(y_prob, dtype=np.float64), 0.0, 1.0)
+    both = _both_classes(y)
+    out = _at_threshold(y, p, 0.5)
+    out.update({
+        "roc_auc": float(roc_auc_score(y, p)) if both else math.nan,
+        "average_precision": float(average_precision_score(y, p)) if both else math.nan,
+        "eer": eer(y, p)[0],
+        "tpr_at_fpr_1pct": tpr_at_fpr(y, p, 0.01),
+        "log_loss": float(log_loss(y, np.clip(p, 1e-7, 1 - 1e-7), labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p, pos_label=1)) if len(y) else math.nan,
+        "ece": expected_calibration_error(y, p),
+        "threshold": float(threshold),
+    })
+    out.update({f"{k}_at_threshold": v for k, v in _at_threshold(y, p, threshold).items()})
+    return out
+
+
+@dataclass
+class Evaluation:
+    """Predictions on one split and everything derived from them."""
+
+    y_true: np.ndarray
+    y_prob: np.ndarray
+    threshold: float
+    metrics: dict[str, float]
+    paths: list[str] = field(default_factory=list)
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return (self.y_prob >= self.threshold).astype(int)
+
+
+def evaluate_predictions(y_true, y_prob, threshold: float = 0.5, paths: Sequence[str] = ()) -> Evaluation:
+    y = np.asarray(y_true).astype(int)
+    p = np.asarray(y_prob, dtype=np.float64).reshape(-1)
+    return Evaluation(y, p, threshold, compute_metrics(y, p, threshold), list(paths))
+
+
+# ----------------------------------------------------------------------------- artifacts
+def _fig():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_report(ev: Evaluation, out_dir: str | Path, prefix: str = "test") -> list[Path]:
+    """Confusion matrix (PNG + JSON), classification report (text + JSON), ROC, PR, reliability."""
+    from sklearn.calibration import CalibrationDisplay
+    from sklearn.metrics import (ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay,
+                                 classification_report, confusion_matrix)
+
+    plt = _fig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    y, p, pred = ev.y_true, ev.y_prob, ev.y_pred
+
+    cm = confusion_matrix(y, pred, labels=[0, 1])
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay(cm, display_labels=CLASS_NAMES).plot(ax=ax, cmap="Blues", colorbar=False)
+    ax.set_title(f"{prefix}: confusion matrix (threshold {ev.threshold:.3f})")
+    written.append(_save(fig, out / f"{prefix}_confusion_matrix.png"))
+    (out / f"{prefix}_confusion_matrix.json").write_text(json.dumps({
+        "labels": CLASS_NAMES, "matrix": cm.tolist(), "threshold": ev.threshold,
+        "tn": int(cm[0, 0]), "fp": int(cm[0, 1]), "fn": int(cm[1, 0]), "tp": int(cm[1, 1]),
+    }, indent=2))
+    written.append(out / f"{prefix}_confusion_matrix.json")
+
+    report_kw = dict(labels=[0, 1], target_names=CLASS_NAMES, zero_division=0)
+    (out / f"{prefix}_classification_report.txt").write_text(classification_report(y, pred, digits=4, **report_kw))
+    (out / f"{prefix}_classification_report.json").write_text(
+        json.dumps(classification_report(y, pred, output_dict=True, **report_kw), indent=2))
+    written += [out / f"{prefix}_classification_report.txt", out / f"{prefix}_classification_report.json"]
+
+    if _both_classes(y):
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        RocCurveDisplay.from_predictions(y, p, ax=ax, name="model", plot_chance_level=True)
+        ax.set_title(f"{prefix}: ROC (AUC {ev.metrics['roc_auc']:.3f}, EER {ev.metrics['eer']:.3f})")
+        written.append(_save(fig, out / f"{prefix}_roc_curve.png"))
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        PrecisionRecallDisplay.from_predictions(y, p, ax=ax, name="model", plot_chance_level=True)
+        ax.set_title(f"{prefix}: precision-recall (AP {ev.metrics['average_precision']:.3f})")
+        written.append(_save(fig, out / f"{prefix}_pr_curve.png"))
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    CalibrationDisplay.from_predictions(y, p, n_bins=10, ax=ax, name="model")
+    ax.set_title(f"{prefix}: reliability (ECE {ev.metrics['ece']:.3f})")
+    written.append(_save(fig, out / f"{prefix}_reliability_diagram.png"))
+    return written
+
+
+def plot_learning_curves(history: dict[str, list[float]], path: str | Path) -> Path:
+    """Accuracy and loss, train vs validation, side by side as in the notebook's figures."""
+    plt = _fig()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("accuracy", "loss")):
+        epochs = range(1, len(history.get(key, [])) + 1)
+        ax.plot(epochs, history.get(key, []), "o-", label=f"train {key}")
+        ax.plot(epochs, history.get(f"val_{key}", []), "o-", label=f"validation {key}")
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    return _save(fig, Path(path))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,152 @@
+"""The logged model: an MLflow pyfunc that takes image bytes and returns the probability of fake.
+
+It carries the Keras model, its preprocessing (decode, convert to RGB, resize; the
+architecture's own normalisation is a layer inside the Keras model) and the decision threshold
+chosen on validation. Input: a DataFrame column ``image`` of raw image bytes, or base64 strings
+of them (MLflow's JSON decoding of binary columns differs between request formats). Output per
+row: ``probability_fake`` and ``label`` (``fake``/``real``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import mlflow.pyfunc
+
+from dfk.data.decode import BadImage, decode_image
+
+IMAGE_COLUMN = "image"
+KERAS_ARTIFACT = "keras_model"
+META_ARTIFACT = "dfk_meta"
+
+
+#: Leading bytes of the image formats the loader reads; anything else may be base64 text.
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"RIFF", b"II*\x00", b"MM\x00*")
+
+
+class InvalidInput(ValueError):
+    """A request row that cannot be scored; ``mlflow models serve`` answers it with HTTP 400."""
+
+
+def _mlflow_bad_request(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def to_bytes(value: Any, row: int) -> bytes:
+    """Accept raw bytes or a base64 string (either may arrive, depending on the request format)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        # A base64 string sent through a binary column arrives as its ASCII bytes.
+        if not raw.startswith(_IMAGE_MAGIC) and _looks_base64(raw):
+            try:
+                return base64.b64decode(raw, validate=True)
+            except (binascii.Error, ValueError):
+                pass
+        return raw
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput(f"row {row}: column '{IMAGE_COLUMN}' is not valid base64") from None
+    raise InvalidInput(f"row {row}: column '{IMAGE_COLUMN}' must hold image bytes or base64, got {type(value).__name__}")
+
+
+def _looks_base64(raw: bytes) -> bool:
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return False
+    return len(text) % 4 == 0 and all(c.isalnum() or c in "+/=\n\r" for c in text)
+
+
+class DeepfakeDetector(mlflow.pyfunc.PythonModel):
+    """Image bytes in, ``probability_fake`` and ``label`` out."""
+
+    def load_context(self, context) -> None:
+        import keras
+
+        import dfk.models.layers  # noqa: F401  registers dfk's custom layers for loading
+
+        self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+        meta = json.loads(Path(context.artifacts[META_ARTIFACT]).read_text())
+        self.image_size = int(meta["image_size"])
+        self.threshold = float(meta["threshold"])
+        self.batch_size = int(meta.get("batch_size", 32))
+
+    def decode_rows(self, images) -> np.ndarray:
+        batch = np.empty((len(images), self.image_size, self.image_size, 3), np.float32)
+        for i, value in enumerate(images):
+            try:
+                batch[i] = decode_image(to_bytes(value, i), self.image_size)
+            except BadImage as exc:
+                raise InvalidInput(f"row {i}: {exc}") from None
+        return batch
+
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        if isinstance(model_input, dict):
+            model_input = pd.DataFrame(model_input)
+        if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
+            raise _mlflow_bad_request(f"input must have a column '{IMAGE_COLUMN}' of image bytes (base64 in JSON)")
+        try:
+            batch = self.decode_rows(list(model_input[IMAGE_COLUMN]))
+        except InvalidInput as exc:
+            raise _mlflow_bad_request(str(exc)) from None
+        probs = self.model.predict(batch, batch_size=self.batch_size, verbose=0).reshape(-1) if len(batch) else np.zeros(0)
+        return pd.DataFrame({
+            "probability_fake": probs.astype(np.float64),
+            "label": np.where(probs >= self.threshold, "fake", "real"),
+        })
+
+
+def signature_and_example(example_image: bytes):
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    example = pd.DataFrame({IMAGE_COLUMN: [example_image]})
+    output = pd.DataFrame({"probability_fake": [0.5], "label": ["fake"]})
+    return infer_signature(example, output), example
+
+
+def log_detector(keras_path: str, meta: dict, example_image: bytes, name: str = "model"):
+    """Log the pyfunc with its Keras file, metadata, dfk's code, signature and input example."""
+    import dfk
+
+    meta_path = Path(keras_path).with_suffix(".meta.json")
+    meta_path.write_text(json.dumps(meta, indent=2))
+    signature, example = signature_and_example(example_image)
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=DeepfakeDetector(),
+        artifacts={KERAS_ARTIFACT: keras_path, META_ARTIFACT: str(meta_path)},
+        code_paths=[str(Path(dfk.__file__).parent)],
+        signature=signature,
+        input_example=example,
+        pip_requirements=_requirements(),
+    )
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pins = []
+    for dist in ("mlflow", "keras", "tensorflow-cpu", "numpy", "pandas", "pillow", "opencv-python-headless", "scikit-learn"):
+        try:
+            pins.append(f"{dist}=={version(dist)}")
+        except Exception:
+            if dist == "tensorflow-cpu":
+                try:
+                    pins.append(f"tensorflow=={version('tensorflow')}")
+                except Exception:
+                    pass
+    return pins

@@ -1,0 +1,257 @@
+"""One training path for every architecture: data -> model -> fit -> evaluate -> MLflow run.
+
+``train(cfg)`` returns the run id, the metrics and the model; the CLI, the MLproject entry
+points and the Optuna tuner all call it. Nothing here names an architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from dfk.config import BUILTIN_DATA, TrainConfig
+from dfk.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: Keras metrics tracked every epoch; the same names for every architecture (val_ prefixed too).
+EPOCH_METRICS = ("accuracy", "auc", "precision", "recall")
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    metrics: dict[str, float]
+    history: dict[str, list[float]]
+    backbone_weights: str
+    model: Any = field(repr=False, default=None)
+    model_uri: str | None = None
+
+
+def resolve_data_dir(cfg: TrainConfig) -> Path:
+    if cfg.data_dir == BUILTIN_DATA:
+        from dfk.data.synth import builtin_dataset
+
+        return builtin_dataset()
+    return Path(cfg.data_dir).expanduser()
+
+
+def load_index(cfg: TrainConfig):
+    from dfk.data.scan import scan
+
+    return scan(resolve_data_dir(cfg), val_split=cfg.val_split, seed=cfg.seed)
+
+
+def compile_model(model, learning_rate: float) -> None:
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="binary_crossentropy",
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc"),
+            keras.metrics.Precision(name="precision"),
+            keras.metrics.Recall(name="recall"),
+        ],
+    )
+
+
+def _epoch_logger():
+    """MLflow's Keras callback, adapted to two-phase training.
+
+    mlflow.keras.MlflowCallback logs the optimizer's params at every ``fit`` (a second phase with
+    another learning rate would try to change a logged param) and re-logs validation metrics as
+    ``validation_*`` (duplicates of Keras' ``val_*``); this subclass keeps its per-epoch logging only.
+    """
+    from mlflow.keras import MlflowCallback
+
+    class EpochLogger(MlflowCallback):
+        def on_train_begin(self, logs=None):
+            pass
+
+        def on_test_end(self, logs=None):
+            pass
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs:
+                super().on_epoch_end(epoch, {k: float(v) for k, v in logs.items() if k != "learning_rate"})
+
+    return EpochLogger()
+
+
+def predict_split(model, ds) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Labels, probabilities and paths of a ``with_paths`` dataset, in one pass over the files."""
+    ys, ps, paths = [], [], []
+    for x, y, p in ds:
+        ps.append(np.asarray(model(x, training=False)).reshape(-1))
+        ys.append(y.numpy())
+        paths += [s.decode() for s in p.numpy()]
+    if not ps:
+        return np.zeros(0, int), np.zeros(0), []
+    return np.concatenate(ys).astype(int), np.concatenate(ps), paths
+
+
+def _backbone(model):
+    from dfk.models.applications import BACKBONE
+
+    try:
+        return model.get_layer(BACKBONE)
+    except ValueError:
+        return None
+
+
+def _unfreeze_last(backbone, n: int) -> None:
+    """Unfreeze the last ``n`` layers of the backbone; BatchNorm stays frozen (its statistics
+    were learned on far more data than a fine-tuning batch sees)."""
+    import keras
+
+    backbone.trainable = True
+    for i, layer in enumerate(backbone.layers):
+        trainable = i >= len(backbone.layers) - n
+        layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def run_name(cfg: TrainConfig) -> str:
+    return f"{cfg.arch}-{cfg.image_size}px-bs{cfg.batch_size}-lr{cfg.learning_rate:g}"
+
+
+def train(
+    cfg: TrainConfig,
+    experiment: str | None = None,
+    nested: bool = False,
+    callbacks: Sequence[Any] = (),
+    log_model: bool = True,
+) -> TrainResult:
+    """Train ``cfg.arch`` on ``cfg.data_dir`` and log one complete MLflow run."""
+    import keras
+    import mlflow
+
+    from dfk import tracking
+    from dfk.data.pipeline import DecodeFailures, make_dataset
+    from dfk.evaluation import evaluate_predictions, choose_threshold, plot_learning_curves, write_report
+    from dfk.models import create_model
+
+    keras.utils.set_random_seed(cfg.seed)
+    index = load_index(cfg)  # user errors surface before any run is created
+    model, used_weights = create_model(cfg.arch, cfg.image_size, cfg.weights, cfg.dropout, cfg.dense_units)
+    backbone = _backbone(model)
+    pretrained = used_weights != "random"
+
+    tracking.use_experiment(experiment)
+    tags = {"arch": cfg.arch, "backbone_weights": used_weights, **tracking.standard_tags()}
+    with tracking.run(run_name(cfg), nested=nested, tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        mlflow.set_tags(tags)
+        tracking.log_params_once(cfg.to_dict())
+        mlflow.log_text(cfg.to_json(), "config.json")
+        tracking.log_dataset(index)
+
+        failures = DecodeFailures()
+        common = dict(image_size=cfg.image_size, batch_size=cfg.batch_size, failures=failures)
+        train_ds = make_dataset(index.paths("train"), index.labels("train"), training=True, cfg=cfg, seed=cfg.seed, **common)
+        val_ds = make_dataset(index.paths("validation"), index.labels("validation"), **common)
+
+        best_path = tmp / "best.weights.h5"
+        history: dict[str, list[float]] = {}
+        best = {"val_loss": math.inf}
+
+        def fit(lr: float, first_epoch: int, epochs: int, phase: str) -> None:
+            compile_model(model, lr)
+            checkpoint = keras.callbacks.ModelCheckpoint(
+                str(best_path), monitor="val_loss", save_best_only=True, save_weights_only=True,
+                initial_value_threshold=best["val_loss"] if math.isfinite(best["val_loss"]) else None,
+            )
+            stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
+            print(f"[dfk] {phase}: epochs {first_epoch + 1}-{first_epoch + epochs}, learning rate {lr:g}", flush=True)
+            h = model.fit(
+                train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
+                callbacks=[checkpoint, stop, keras.callbacks.TerminateOnNaN(), _epoch_logger(), *callbacks],
+                verbose=2,
+            )
+            for k, v in h.history.items():
+                history.setdefault(k, []).extend(float(x) for x in v)
+            losses = [v for v in history.get("val_loss", []) if math.isfinite(v)]
+            best["val_loss"] = min(losses) if losses else math.inf
+            if any(not math.isfinite(v) for v in history.get("loss", [])):
+                raise UserError(f"training diverged (NaN loss) in {phase}; lower learning_rate (now {lr:g})")
+
+        started = time.time()
+        if backbone is not None and pretrained:
+            backbone.trainable = False  # phase 1: the notebook's frozen backbone, head only
+        fit(cfg.learning_rate, 0, cfg.epochs, "phase 1" if pretrained and backbone is not None else "training")
+        if backbone is not None and pretrained and cfg.fine_tune_at > 0:
+            _unfreeze_last(backbone, cfg.fine_tune_at)
+            fit(cfg.fine_tune_lr, len(history["loss"]), cfg.fine_tune_epochs, f"phase 2 (last {cfg.fine_tune_at} layers)")
+        elapsed = time.time() - started
+        if best_path.exists():
+            model.load_weights(str(best_path))
+
+        mlflow.log_metrics({
+            "epochs_trained": len(history.get("loss", [])),
+            "best_epoch": int(np.nanargmin(history["val_loss"])) + 1 if history.get("val_loss") else 0,
+            "train_seconds": elapsed,
+        })
+
+        # Threshold on validation, metrics on test, both with the best weights.
+        eval_common = dict(common, with_paths=True)
+        yv, pv, _ = predict_split(model, make_dataset(index.paths("validation"), index.labels("validation"), **eval_common))
+        threshold = choose_threshold(yv, pv, cfg.target_fpr)
+        val_eval = evaluate_predictions(yv, pv, threshold)
+        yt, pt, test_paths = predict_split(model, make_dataset(index.paths("test"), index.labels("test"), **eval_common))
+        test_eval = evaluate_predictions(yt, pt, threshold, test_paths)
+        metrics = {f"test_{k}": v for k, v in test_eval.metrics.items()}
+        metrics.update({f"best_val_{k}": v for k, v in val_eval.metrics.items()})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+
+        art = tmp / "artifacts"
+        write_report(test_eval, art / "evaluation", "test")
+        plot_learning_curves(history, art / "learning_curves.png")
+        lines: list[str] = []
+        model.summary(print_fn=lambda line, *a, **k: lines.append(line))
+        (art / "model_summary.txt").write_text("\n".join(lines) + "\n")
+        (art / "history.json").write_text(json.dumps(history, indent=1))
+        mlflow.log_artifacts(str(art))
+        bad = index.bad_files + failures.items()
+        mlflow.log_metric("bad_files", len(bad))
+        mlflow.log_text("".join(f"{p}\t{r}\n" for p, r in bad), "data/bad_files.tsv")
+
+        _log_gradcam_gallery(model, test_eval, cfg, tmp)
+
+        model_uri = None
+        if log_model:
+            keras_path = tmp / "model.keras"
+            model.save(keras_path)
+            meta = {"arch": cfg.arch, "image_size": cfg.image_size, "threshold": threshold,
+                    "batch_size": cfg.batch_size, "backbone_weights": used_weights,
+                    "dataset_fingerprint": index.fingerprint}
+            example = Path(index.paths("test")[0]).read_bytes()
+            from dfk.serving import log_detector
+
+            info = log_detector(str(keras_path), meta, example)
+            model_uri = f"runs:/{active.info.run_id}/model"
+            mlflow.set_tag("model_uri", model_uri)
+            log.debug("logged %s", info.model_uri)
+        run_id = active.info.run_id
+
+    print(f"[dfk] run {run_id}: test accuracy {metrics['test_accuracy']:.4f}, "
+          f"ROC-AUC {metrics['test_roc_auc']:.4f}, EER {metrics['test_eer']:.4f}", flush=True)
+    return TrainResult(run_id, metrics, history, used_weights, model, model_uri)
+
+
+def _log_gradcam_gallery(model, test_eval, cfg: TrainConfig, tmp: Path) -> None:
+    """Grad-CAM gallery of test images and faithfulness scores (when dfk.explain is available)."""
+    try:
+        from dfk import explain
+    except ImportError:
+        return
+    if cfg.gradcam_images > 0:
+        explain.log_run_explanations(model, test_eval, cfg, tmp / "gradcam")
