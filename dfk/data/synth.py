@@ -34,6 +34,8 @@ from dfk.errors import UserError
 #: Bump when the generator changes, so cached copies are rebuilt.
 GENERATOR_VERSION = 1
 MANIPULATIONS = ("splice", "upsample", "colour", "double_jpeg")
+#: Manipulations that paste a region and so leave a blending seam around it.
+SEAMED = frozenset({"splice", "colour"})
 SPLIT_DIRS = {"train": "Train", "validation": "Validation", "test": "Test"}
 #: Both classes are saved with a JPEG quality drawn from this range.
 JPEG_QUALITY = (80, 95)
@@ -107,7 +109,7 @@ def ellipse_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     import cv2
 
     mask = np.zeros((size, size), np.uint8)
-    ax = int(size * rng.uniform(0.16, 0.28))
+    ax = int(size * rng.uniform(0.18, 0.28))
     ay = int(ax * rng.uniform(1.1, 1.4))
     cx = int(rng.uniform(0.3, 0.7) * size)
     cy = int(rng.uniform(0.3, 0.7) * size)
@@ -140,15 +142,15 @@ def _upsample(img, rng, source):
     small = cv2.resize(img, (size // f, size // f), interpolation=cv2.INTER_AREA)
     region = cv2.resize(small, (size, size), interpolation=cv2.INTER_NEAREST)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0) * rng.uniform(5, 12)
+    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0) * rng.uniform(8, 16)
     fx, fy = rng.uniform(0.2, 0.45, size=2)
-    peak = np.sin(2 * np.pi * (fx * xx + fy * yy)) * rng.uniform(4, 9)
+    peak = np.sin(2 * np.pi * (fx * xx + fy * yy)) * rng.uniform(6, 12)
     return region + (checker + peak)[..., None], rng.uniform(0.5, 1.0)
 
 
 def _colour(img, rng, source):
-    gains = rng.uniform(0.7, 1.3, size=3)
-    gains[int(rng.integers(3))] = rng.choice([0.72, 1.28])  # at least one channel clearly off
+    gains = rng.uniform(0.65, 1.35, size=3)
+    gains[int(rng.integers(3))] = rng.choice([0.65, 1.35])  # at least one channel clearly off
     gamma = rng.uniform(0.75, 1.3)
     region = 255.0 * (np.clip(img, 0, 255) / 255.0) ** gamma * gains
     return region, rng.uniform(1.0, 2.5)
@@ -157,7 +159,7 @@ def _colour(img, rng, source):
 def _double_jpeg(img, rng, source):
     dy, dx = (int(v) for v in rng.integers(1, 8, size=2))
     shifted = np.roll(img, (dy, dx), axis=(0, 1))
-    region = np.roll(_jpeg_roundtrip(shifted, int(rng.integers(10, 30))), (-dy, -dx), axis=(0, 1))
+    region = np.roll(_jpeg_roundtrip(shifted, int(rng.integers(5, 20))), (-dy, -dx), axis=(0, 1))
     return region, rng.uniform(0.5, 1.0)
 
 
@@ -175,6 +177,9 @@ def make_fake(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
         region, feather = _APPLY[kind](img, rng, source)
         soft = cv2.GaussianBlur(mask, (0, 0), feather)[..., None]
         img = img * (1 - soft) + np.clip(region, 0, 255) * soft
+        if kind in SEAMED:
+            # The blending boundary of a pasted region: a thin halo brighter or darker than both sides.
+            img = img + 4 * soft * (1 - soft) * rng.choice([-1.0, 1.0]) * rng.uniform(12, 30)
     return np.clip(img, 0, 255), mask, [str(k) for k in kinds]
 
 

@@ -1,0 +1,33 @@
+# Two commands a new user needs: `make demo` and `make test`. Each builds .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(abspath $(BIN)):$(PATH)
+# Quiet TensorFlow's C++ start-up chatter; warnings and errors still show.
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: demo test test-all install clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(BIN)/.installed
+
+## The main job: train ResNet50 on the built-in synthetic set, one finished run in ./mlflow.db + ./mlruns.
+demo: $(BIN)/.installed
+	$(BIN)/mlflow run . -e resnet --env-manager local --experiment-name dfk $(DEMO_PARAMS)
+	@echo "Open the MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  ->  http://127.0.0.1:5000"
+
+## The default test suite (fast; under 15 minutes on 2 cores).
+test: $(BIN)/.installed
+	$(BIN)/pytest -m "not slow"
+
+## Everything, slow learning and integration tests included (what CI runs after `make test`).
+test-all: $(BIN)/.installed
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) mlruns mlflow.db

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny built-in datasets and an isolated MLflow store per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Each test gets its own working folder, MLflow store and built-in data cache."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("DFK_CACHE", str(tmp_path / "cache"))
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    yield
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A small built-in set at 64 px: 12/6/6 images per class in Train/Validation/Test."""
+    from dfk.data.synth import SynthSpec, generate
+
+    return generate(SynthSpec(train=12, validation=6, test=6, image_size=64, seed=1),
+                    tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def jpeg_bytes(tiny_data) -> bytes:
+    return sorted((tiny_data / "Test" / "Fake").glob("*.jpg"))[0].read_bytes()
