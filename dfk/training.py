@@ -175,7 +175,7 @@ def train(
             h = model.fit(
                 train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
                 callbacks=[checkpoint, stop, keras.callbacks.TerminateOnNaN(), _epoch_logger(), *callbacks],
-                verbose=2,
+                verbose=2, shuffle=False,  # the tf.data stream shuffles itself every epoch
             )
             for k, v in h.history.items():
                 history.setdefault(k, []).extend(float(x) for x in v)

@@ -1,0 +1,82 @@
+"""Every architecture in the registry builds, runs on tiny input and gives finite probabilities."""
+
+import numpy as np
+import pytest
+
+from dfk.errors import UserError
+from dfk.models import create_model, get_spec, list_models
+
+
+def _size(arch):
+    return max(32, get_spec(arch).min_image_size + 1)
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_builds_and_predicts_probabilities(arch):
+    size = _size(arch)
+    model, used = create_model(arch, size, weights="none")
+    assert used == "random"
+    x = np.random.default_rng(0).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    p = np.asarray(model(x, training=False))
+    assert p.shape == (2, 1) and np.isfinite(p).all() and ((0 <= p) & (p <= 1)).all()
+
+
+def test_transfer_models_nest_their_backbone_and_share_the_notebook_head():
+    model, _ = create_model("resnet", 32, weights="none")
+    names = [layer.name for layer in model.layers]
+    assert names[-6:] == ["backbone", "head_pool", "head_dense", "head_bn", "head_dropout", "probability_fake"]
+    assert model.get_layer("head_dense").units == 512 and model.get_layer("head_dropout").rate == 0.3
+
+
+def test_none_overrides_keep_the_models_own_defaults():
+    model, _ = create_model("cnn", 32, weights="none", dropout=None, dense_units=None)
+    assert model.get_layer("dropout").rate == 0.5
+    model, _ = create_model("cnn", 32, weights="none", dropout=0.1, dense_units=16)
+    assert model.get_layer("dropout").rate == 0.1 and model.get_layer("dense").units == 16
+
+
+def test_cnn_is_the_notebooks_five_conv_baseline():
+    model, _ = create_model("cnn", 64, weights="none")
+    convs = [layer for layer in model.layers if layer.name.startswith("conv")]
+    pools = [layer for layer in model.layers if layer.name.startswith("pool")]
+    assert len(convs) == 5 and len(pools) == 5
+
+
+def test_unknown_architecture_lists_the_valid_ones():
+    with pytest.raises(UserError, match="valid: cnn, resnet, efficientnet, xception, convnext, vit"):
+        create_model("alexnet", 64)
+
+
+def test_imagenet_weights_offline_name_the_file_and_where_to_put_it(monkeypatch, tmp_path):
+    from dfk.models import weights
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(weights, "_can_download", lambda timeout=3.0: False)
+    with pytest.raises(UserError) as err:
+        create_model("resnet", 32, weights="imagenet")
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in str(err.value)
+    assert str(tmp_path / "keras" / "models") in str(err.value)
+
+
+def test_auto_weights_offline_fall_back_to_random_loudly(monkeypatch, tmp_path, caplog):
+    from dfk.models import weights
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(weights, "_can_download", lambda timeout=3.0: False)
+    _, used = create_model("efficientnet", 32, weights="auto")
+    assert used == "random"
+    assert "RANDOM initialisation" in caplog.text
+
+
+def test_weights_file_round_trip_and_missing_file(tmp_path):
+    model, _ = create_model("cnn", 32, weights="none")
+    path = tmp_path / "cnn.weights.h5"
+    model.save_weights(path)
+    again, used = create_model("cnn", 32, weights=str(path))
+    assert used == str(path)
+    x = np.ones((1, 32, 32, 3), "float32")
+    assert np.allclose(model(x), again(x))
+    with pytest.raises(UserError, match="does not exist"):
+        create_model("cnn", 32, weights=str(tmp_path / "missing.h5"))
+    with pytest.raises(UserError, match="does not exist"):
+        create_model("resnet", 32, weights=str(tmp_path / "missing.h5"))
