@@ -173,7 +173,7 @@ def data_inspect(
                           for r in reports]
         typer.echo(json.dumps(out, indent=2))
     else:
-        console = Console()
+        console = Console(soft_wrap=True)  # paths stay whole, so they can be copied
         console.print(f"[bold]{index.root}[/]  layout: {index.layout}  fingerprint: {index.fingerprint}")
         t = Table("split", "real", "fake", "total")
         for split, c in index.counts().items():

@@ -82,7 +82,7 @@ class TrainConfig:
 
         ``None`` values are ignored, so an unset CLI option never hides a default.
         """
-        merged = {**(overrides or {}), **kwargs}
+        merged = {**(overrides or {}), **{k: v for k, v in kwargs.items() if v is not None}}
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(merged) - set(known))
         if unknown:

@@ -51,3 +51,7 @@ def test_bad_values_fail_with_one_clear_line(overrides, message):
 def test_replace_validates():
     with pytest.raises(UserError):
         TrainConfig().replace(batch_size=0)
+
+
+def test_a_none_keyword_does_not_hide_an_override():
+    assert TrainConfig.from_overrides({"data_dir": "/data"}, data_dir=None).data_dir == "/data"

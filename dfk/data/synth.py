@@ -142,7 +142,7 @@ def _upsample(img, rng, source):
     small = cv2.resize(img, (size // f, size // f), interpolation=cv2.INTER_AREA)
     region = cv2.resize(small, (size, size), interpolation=cv2.INTER_NEAREST)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0) * rng.uniform(8, 16)
+    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0) * rng.uniform(10, 20)
     fx, fy = rng.uniform(0.2, 0.45, size=2)
     peak = np.sin(2 * np.pi * (fx * xx + fy * yy)) * rng.uniform(6, 12)
     return region + (checker + peak)[..., None], rng.uniform(0.5, 1.0)
@@ -159,7 +159,7 @@ def _colour(img, rng, source):
 def _double_jpeg(img, rng, source):
     dy, dx = (int(v) for v in rng.integers(1, 8, size=2))
     shifted = np.roll(img, (dy, dx), axis=(0, 1))
-    region = np.roll(_jpeg_roundtrip(shifted, int(rng.integers(5, 20))), (-dy, -dx), axis=(0, 1))
+    region = np.roll(_jpeg_roundtrip(shifted, int(rng.integers(3, 12))), (-dy, -dx), axis=(0, 1))
     return region, rng.uniform(0.5, 1.0)
 
 
@@ -179,7 +179,7 @@ def make_fake(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
         img = img * (1 - soft) + np.clip(region, 0, 255) * soft
         if kind in SEAMED:
             # The blending boundary of a pasted region: a thin halo brighter or darker than both sides.
-            img = img + 4 * soft * (1 - soft) * rng.choice([-1.0, 1.0]) * rng.uniform(12, 30)
+            img = img + 4 * soft * (1 - soft) * rng.choice([-1.0, 1.0]) * rng.uniform(15, 35)
     return np.clip(img, 0, 255), mask, [str(k) for k in kinds]
 
 

@@ -1,0 +1,102 @@
+"""The command line as a user meets it: fast help, one-line errors with exit 2, nothing half-written."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from dfk.cli import app
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_does_not_import_tensorflow_or_mlflow():
+    code = "import sys; from dfk.cli import app; import dfk.config, dfk.models; " \
+           "print(sorted(m for m in ('tensorflow', 'keras', 'mlflow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    help_out = subprocess.run([sys.executable, "-m", "dfk", "--help"], capture_output=True, text=True)
+    assert help_out.returncode == 0 and "train" in help_out.stdout and "data" in help_out.stdout
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dfk: error: "), result.stderr
+    for f in fragments:
+        assert f in lines[0]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["train", "--arch", "alexnet"], ["unknown architecture 'alexnet'", "valid: cnn"]),
+        (["train", "-P", "epochs=zero"], ["epochs='zero' is not a valid int"]),
+        (["train", "-P", "epochs"], ["is not KEY=VALUE"]),
+        (["train", "-P", "batchsize=8"], ["unknown parameter 'batchsize'"]),
+        (["train", "-d", "/no/such/folder"], ["/no/such/folder does not exist"]),
+        (["data", "inspect", "/no/such/folder"], ["does not exist"]),
+        (["data", "synth", "out", "--train", "1"], ["at least 2"]),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(args, fragments, tmp_path):
+    result = runner.invoke(app, args)
+    _one_line_error(result, *fragments)
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_on_a_folder_missing_a_split_writes_nothing(tmp_path, tiny_data):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    shutil.rmtree(data / "Test")
+    result = runner.invoke(app, ["train", "-d", str(data), "-P", "image_size=32"])
+    _one_line_error(result, "has no Test folder")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_synth_then_inspect(tmp_path):
+    out = tmp_path / "set"
+    result = runner.invoke(app, ["data", "synth", str(out), "--train", "20", "--validation", "4", "--test", "4",
+                                 "--image-size", "48"])
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "Train" / "Fake").glob("*.jpg"))) == 20
+    result = runner.invoke(app, ["data", "inspect", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["counts"]["train"] == {"real": 20, "fake": 20}
+    assert report["bad_files"] == 0 and len(report["fingerprint"]) == 16
+    assert not any(cue["leaks"] for cue in report["leakage"])
+    assert "warning" not in result.stderr
+
+
+def test_inspect_warns_about_format_leakage_and_lists_bad_files(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "leaky"
+    for split in ("Train", "Validation", "Test"):
+        for cls, fmt in (("Fake", "PNG"), ("Real", "JPEG")):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(10):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.{fmt.lower()}", fmt)
+    (root / "Train" / "Real" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    result = runner.invoke(app, ["data", "inspect", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "broken.jpg" in result.stdout and "bad files: 1" in result.stdout
+    assert "format alone separates fakes from reals" in result.stderr
+    assert "fingerprint" in result.stdout
+
+
+def test_params_lists_every_field_with_its_default():
+    result = runner.invoke(app, ["params"])
+    assert result.exit_code == 0
+    assert any(line.split()[:2] == ["image_size", "256"] for line in result.stdout.splitlines())
