@@ -17,6 +17,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 ## The main job: train ResNet50 on the built-in synthetic set, one finished run in ./mlflow.db + ./mlruns.
+DEMO_PARAMS ?= -P image_size=128 -P epochs=5
 demo: $(BIN)/.installed
 	$(BIN)/mlflow run . -e resnet --env-manager local --experiment-name dfk $(DEMO_PARAMS)
 	@echo "Open the MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  ->  http://127.0.0.1:5000"

@@ -35,7 +35,7 @@ from dfk.errors import UserError
 GENERATOR_VERSION = 1
 MANIPULATIONS = ("splice", "upsample", "colour", "double_jpeg")
 #: Manipulations that paste a region and so leave a blending seam around it.
-SEAMED = frozenset({"splice", "colour"})
+SEAMED = frozenset({"splice", "colour", "double_jpeg"})
 SPLIT_DIRS = {"train": "Train", "validation": "Validation", "test": "Test"}
 #: Both classes are saved with a JPEG quality drawn from this range.
 JPEG_QUALITY = (80, 95)
@@ -159,7 +159,7 @@ def _colour(img, rng, source):
 def _double_jpeg(img, rng, source):
     dy, dx = (int(v) for v in rng.integers(1, 8, size=2))
     shifted = np.roll(img, (dy, dx), axis=(0, 1))
-    region = np.roll(_jpeg_roundtrip(shifted, int(rng.integers(3, 12))), (-dy, -dx), axis=(0, 1))
+    region = np.roll(_jpeg_roundtrip(shifted, int(rng.integers(2, 8))), (-dy, -dx), axis=(0, 1))
     return region, rng.uniform(0.5, 1.0)
 
 
@@ -179,7 +179,7 @@ def make_fake(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
         img = img * (1 - soft) + np.clip(region, 0, 255) * soft
         if kind in SEAMED:
             # The blending boundary of a pasted region: a thin halo brighter or darker than both sides.
-            img = img + 4 * soft * (1 - soft) * rng.choice([-1.0, 1.0]) * rng.uniform(15, 35)
+            img = img + 4 * soft * (1 - soft) * rng.choice([-1.0, 1.0]) * rng.uniform(25, 45)
     return np.clip(img, 0, 255), mask, [str(k) for k in kinds]
 
 

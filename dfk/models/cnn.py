@@ -14,7 +14,7 @@ def build_cnn(image_size: int, dropout: float, dense_units: int) -> keras.Model:
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)  # the notebook's rescale=1/255
     for i, filters in enumerate(FILTERS, start=1):
         # "same" padding keeps the five poolings valid down to 32 px inputs.
-        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(x)
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer="he_normal", name=f"conv{i}")(x)
         x = layers.MaxPooling2D(name=f"pool{i}")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
