@@ -41,7 +41,7 @@ def test_a_named_backbone_layer_is_used_and_a_wrong_name_is_a_clear_error():
 def test_overlay_is_uint8_rgb_of_the_image_size():
     out = overlay(np.zeros((20, 30, 3), np.uint8), np.ones((20, 30), np.float32))
     assert out.shape == (20, 30, 3) and out.dtype == np.uint8
-    assert out[..., 0].mean() > 60 and out[..., 2].mean() == 0  # JET at 1.0 is dark red
+    assert out[..., 0].mean() > 40 and out[..., 2].mean() == 0  # JET at 1.0 is dark red, blended at 0.4
 
 
 def test_faithfulness_scores_a_perfect_and_a_wrong_heatmap():
