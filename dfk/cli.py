@@ -198,6 +198,84 @@ def _short(d: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(d.items())[:4])
 
 
+# ----------------------------------------------------------------------------- explain
+def collect_images(inputs: List[Path]) -> list[Path]:
+    """Image files named directly or found (recursively, hidden files skipped) in folders."""
+    from dfk.data.decode import IMAGE_EXTENSIONS
+
+    found: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in p.relative_to(item).parts))
+        elif item.exists():
+            found.append(item)
+        else:
+            raise UserError(f"{item} does not exist")
+    if not found:
+        raise UserError(f"no image files in {', '.join(map(str, inputs))}")
+    return found
+
+
+@app.command("gradcam")
+@user_errors
+def gradcam_cmd(
+    model: Annotated[str, typer.Argument(help="runs:/RUN/model, models:/NAME@ALIAS or a local model folder.")],
+    inputs: Annotated[List[Path], typer.Argument(help="Image files and/or folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays and the gallery.")] = Path("gradcam"),
+    layer: Annotated[Optional[str], typer.Option(help="Target layer (default: the last convolutional map).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per gradient pass.")] = 16,
+) -> None:
+    """Grad-CAM overlays for images, plus one gallery PNG (original | heatmap | overlay)."""
+    files = collect_images(inputs)
+    _quiet_tensorflow()
+    import numpy as np
+    from PIL import Image
+
+    from dfk.data.decode import BadImage, read_image
+    from dfk.explain import gallery_rows, gradcam, gradient_function, overlay, save_gallery
+    from dfk.serving import load_detector
+
+    detector = load_detector(model)
+    fn = gradient_function(detector.model, layer)
+    out.mkdir(parents=True, exist_ok=True)
+    kept, images, heats, probs = [], [], [], []
+    skipped = 0
+    for start in range(0, len(files), batch_size):
+        batch, names = [], []
+        for f in files[start:start + batch_size]:
+            try:
+                batch.append(read_image(str(f), detector.image_size))
+                names.append(f)
+            except BadImage as exc:
+                skipped += 1
+                typer.echo(f"dfk: skipped {f}: {exc}", err=True)
+        if not batch:
+            continue
+        x = np.stack(batch).astype(np.float32)
+        h, p = gradcam(detector.model, x, fn=fn)
+        used = {q.name for q in out.iterdir()}
+        for f, img, hm, prob in zip(names, x, h, p):
+            name = f"{f.stem}_gradcam.png"
+            k = 1
+            while name in used:
+                k += 1
+                name = f"{f.stem}_{k}_gradcam.png"
+            used.add(name)
+            Image.fromarray(overlay(np.uint8(img), hm)).save(out / name)
+            typer.echo(f"{f}\t{prob:.4f}\t{'fake' if prob >= detector.threshold else 'real'}\t{out / name}")
+        kept += names
+        images.append(x)
+        heats.append(h)
+        probs.append(p)
+    if not kept:
+        raise UserError(f"none of the {len(files)} images could be read")
+    rows = gallery_rows(len(kept))
+    save_gallery(np.concatenate(images)[rows], np.concatenate(heats)[rows], np.concatenate(probs)[rows],
+                 detector.threshold, out / "gallery.png", [kept[i].name for i in rows])
+    typer.echo(f"wrote {len(kept)} overlays and {out / 'gallery.png'}" + (f"; skipped {skipped}" if skipped else ""))
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m dfk`
     app()
 

@@ -165,6 +165,14 @@ def save_gallery(images, heatmaps, probs, threshold: float, path: Path, titles: 
     return path
 
 
+#: A gallery shows at most this many rows (one image each); the overlays cover every image.
+GALLERY_ROWS = 24
+
+
+def gallery_rows(n: int) -> list[int]:
+    return list(range(min(n, GALLERY_ROWS)))
+
+
 # ----------------------------------------------------------------------------- faithfulness
 @dataclass
 class Faithfulness:

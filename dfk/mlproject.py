@@ -42,6 +42,17 @@ def render() -> str:
         args = " ".join(f"{n}={{{n}}}" for n in ENTRY_PARAMS)
         lines += [f"    command: \"python -m pipelines.train {arch} {args}\"", ""]
     lines += [
+        "  gradcam:",
+        "    parameters:",
+        "      # runs:/RUN/model, models:/NAME@ALIAS or a local model folder",
+        "      model_uri: {type: string, default: \"models:/deepfake-detector@champion\"}",
+        "      # an image file or a folder of images",
+        "      images: {type: string}",
+        "      out: {type: string, default: \"gradcam\"}",
+        "      # target layer; empty picks the last convolutional map",
+        "      layer: {type: string, default: \"\"}",
+        "    command: \"python -m pipelines.gradcam {model_uri} {images} {out} {layer}\"",
+        "",
         "  synth:",
         "    parameters:",
         "      out: {type: string, default: \"data/synthetic\"}",

@@ -109,6 +109,21 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         })
 
 
+def load_detector(model_uri: str) -> DeepfakeDetector:
+    """Load a logged or registered dfk model (``runs:/``, ``models:/name@alias`` or a local path)."""
+    from dfk.errors import UserError
+
+    try:
+        loaded = mlflow.pyfunc.load_model(model_uri)
+    except Exception as exc:  # MlflowException, OSError, ... : all mean "no such model"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load model {model_uri!r}: {first[:200]}") from None
+    detector = loaded.unwrap_python_model()
+    if not isinstance(detector, DeepfakeDetector):
+        raise UserError(f"{model_uri!r} is not a dfk model (it has no image-bytes detector inside)")
+    return detector
+
+
 def signature_and_example(example_image: bytes):
     import pandas as pd
     from mlflow.models import infer_signature

@@ -38,3 +38,19 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def jpeg_bytes(tiny_data) -> bytes:
     return sorted((tiny_data / "Test" / "Fake").glob("*.jpg"))[0].read_bytes()
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, tiny_data) -> Path:
+    """A tiny cnn trained for one epoch on the tiny set, as a local MLflow model folder."""
+    import mlflow
+
+    from dfk.config import TrainConfig
+    from dfk.training import train
+
+    d = tmp_path_factory.mktemp("trained")
+    mlflow.set_tracking_uri(f"sqlite:///{d}/mlflow.db")
+    cfg = TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(tiny_data), image_size=32, batch_size=8,
+                                          epochs=1, weights="none", gradcam_images=0))
+    result = train(cfg)
+    return Path(mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/model", dst_path=str(d / "model")))

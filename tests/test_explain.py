@@ -54,3 +54,37 @@ def test_faithfulness_scores_a_perfect_and_a_wrong_heatmap():
     assert good.pointing_game == 1.0 and good.mask_energy == 1.0
     assert bad.pointing_game == 0.0 and bad.mask_energy == 0.0
     assert 0 <= good.pointing_game_random <= 0.5 and 0.02 < good.mask_energy_random < 0.2
+
+
+def test_gradcam_command_writes_overlays_and_a_gallery_and_skips_bad_files(trained_model, tiny_data, tmp_path):
+    import shutil
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from dfk.cli import app
+
+    images = tmp_path / "images"
+    shutil.copytree(tiny_data / "Test" / "Fake", images)
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    (images / "notes.txt").write_text("ignored")
+    single = sorted((tiny_data / "Test" / "Real").glob("*.jpg"))[0]
+    result = CliRunner().invoke(app, ["gradcam", str(trained_model), str(images), str(single), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    overlays = sorted((tmp_path / "out").glob("*_gradcam.png"))
+    assert len(overlays) == 7
+    assert Image.open(overlays[0]).size == (32, 32)
+    assert Image.open(tmp_path / "out" / "gallery.png").size[1] > 7 * 100
+    assert "skipped" in result.stderr and "broken.jpg" in result.stderr
+
+
+@pytest.mark.parametrize("uri", ["runs:/0123456789abcdef/model", "models:/nope@champion", "/no/such/model"])
+def test_gradcam_with_a_model_uri_that_does_not_resolve_exits_2(uri, tiny_data):
+    from typer.testing import CliRunner
+
+    from dfk.cli import app
+
+    result = CliRunner().invoke(app, ["gradcam", uri, str(tiny_data / "Test" / "Fake")])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("dfk: error: cannot load model"), result.stderr

@@ -19,7 +19,10 @@ ARTIFACTS = {
     "data/dataset.json", "evaluation/test_confusion_matrix.png", "evaluation/test_confusion_matrix.json",
     "evaluation/test_classification_report.txt", "evaluation/test_classification_report.json",
     "evaluation/test_roc_curve.png", "evaluation/test_pr_curve.png", "evaluation/test_reliability_diagram.png",
+    "gradcam/gradcam_gallery.png",
 }
+GRADCAM_KEYS = {"gradcam_pointing_game", "gradcam_mask_energy", "gradcam_pointing_game_random",
+                "gradcam_mask_energy_random"}
 # The big keras.applications backbones take ~30 s each here; they run in the slow suite.
 HEAVY = {"resnet", "xception", "convnext"}
 
@@ -58,6 +61,7 @@ def test_every_architecture_logs_a_complete_run(arch, tiny_data, jpeg_bytes):
         assert len(client.get_metric_history(run.info.run_id, f"val_{key}")) == 1
     assert {f"test_{k}" for k in TEST_KEYS} - {"test_roc_auc", "test_eer"} <= set(run.data.metrics)
     assert ARTIFACTS <= _artifacts(run.info.run_id)
+    assert GRADCAM_KEYS <= set(run.data.metrics)
     # the dataset as an MLflow input, with its fingerprint and counts
     (ds_input,) = run.inputs.dataset_inputs
     tags = {t.key: t.value for t in ds_input.tags}
