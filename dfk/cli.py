@@ -198,6 +198,39 @@ def _short(d: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(d.items())[:4])
 
 
+# ----------------------------------------------------------------------------- registry
+@app.command()
+@user_errors
+def register(
+    experiment: Annotated[str, typer.Option(help="Experiment whose runs compete.")] = "dfk",
+    metric: Annotated[str, typer.Option(help="Run metric that picks the best (ties: lower test_log_loss).")] = "test_roc_auc",
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "deepfake-detector",
+) -> None:
+    """Register the best finished run as a new version with alias 'challenger' (the first also 'champion')."""
+    from dfk.registry import register_best
+
+    r = register_best(experiment, metric, name)
+    typer.echo(f"{'registered' if r.created else 'already registered'} {r.name} version {r.version} "
+               f"(run {r.run_id}) as {', '.join(r.aliases)}")
+    typer.echo(f"models:/{r.name}@{r.aliases[-1]}")
+
+
+@app.command()
+@user_errors
+def promote(
+    name: Annotated[str, typer.Option(help="Registered model name.")] = "deepfake-detector",
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Folder whose test split decides; default: the built-in set.")] = None,
+    margin: Annotated[float, typer.Option(min=0.0, help="ROC-AUC the challenger must gain to become champion.")] = 0.005,
+) -> None:
+    """Evaluate challenger and champion on the same test split; move 'champion' only if better by MARGIN."""
+    _quiet_tensorflow()
+    from dfk.registry import promote as run_promote
+
+    d = run_promote(name, data_dir, margin)
+    typer.echo(f"{'promoted' if d.promoted else 'not promoted'}: {d.reason}")
+    typer.echo(f"champion: models:/{name}@champion (version {d.champion})")
+
+
 # ----------------------------------------------------------------------------- explain
 def collect_images(inputs: List[Path]) -> list[Path]:
     """Image files named directly or found (recursively, hidden files skipped) in folders."""
@@ -215,6 +248,51 @@ def collect_images(inputs: List[Path]) -> list[Path]:
     if not found:
         raise UserError(f"no image files in {', '.join(map(str, inputs))}")
     return found
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Annotated[str, typer.Argument(help="runs:/RUN/model, models:/NAME@ALIAS or a local model folder.")],
+    inputs: Annotated[List[Path], typer.Argument(help="Image files and/or folders.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write (path, probability_fake, label).")] = Path("predictions.csv"),
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
+) -> None:
+    """Score image files and folders in batches; write a CSV; skip and report unreadable files."""
+    import csv
+
+    files = collect_images(inputs)
+    _quiet_tensorflow()
+    import numpy as np
+    from rich.progress import Progress
+
+    from dfk.data.decode import BadImage, read_image
+    from dfk.serving import load_detector
+
+    detector = load_detector(model)
+    rows, skipped = [], 0
+    with Progress(transient=True) as bar:
+        task = bar.add_task("scoring", total=len(files))
+        for start in range(0, len(files), batch_size):
+            batch, names = [], []
+            for f in files[start:start + batch_size]:
+                try:
+                    batch.append(read_image(str(f), detector.image_size))
+                    names.append(f)
+                except BadImage as exc:
+                    skipped += 1
+                    typer.echo(f"dfk: skipped {f}: {exc}", err=True)
+            if batch:
+                probs = detector.score(np.stack(batch).astype(np.float32))
+                rows += [(str(f), float(p), "fake" if p >= detector.threshold else "real") for f, p in zip(names, probs)]
+            bar.advance(task, len(files[start:start + batch_size]))
+    tmp = out.with_name(out.name + ".part")
+    with tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "probability_fake", "label"])
+        w.writerows((p, f"{prob:.6f}", lab) for p, prob, lab in rows)
+    tmp.replace(out)
+    typer.echo(f"wrote {len(rows)} predictions to {out}" + (f"; skipped {skipped} unreadable" if skipped else ""))
 
 
 @app.command("gradcam")

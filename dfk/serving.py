@@ -91,6 +91,12 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
                 raise InvalidInput(f"row {i}: {exc}") from None
         return batch
 
+    def score(self, batch: np.ndarray) -> np.ndarray:
+        """Probabilities of fake for decoded RGB images (N, size, size, 3) in 0..255."""
+        if not len(batch):
+            return np.zeros(0)
+        return self.model.predict(batch, batch_size=self.batch_size, verbose=0).reshape(-1).astype(np.float64)
+
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
@@ -102,7 +108,7 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
             batch = self.decode_rows(list(model_input[IMAGE_COLUMN]))
         except InvalidInput as exc:
             raise _mlflow_bad_request(str(exc)) from None
-        probs = self.model.predict(batch, batch_size=self.batch_size, verbose=0).reshape(-1) if len(batch) else np.zeros(0)
+        probs = self.score(batch)
         return pd.DataFrame({
             "probability_fake": probs.astype(np.float64),
             "label": np.where(probs >= self.threshold, "fake", "real"),
