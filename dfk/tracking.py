@@ -16,10 +16,16 @@ DEFAULT_EXPERIMENT = "dfk"
 
 
 def use_experiment(name: str | None) -> None:
-    """Select the experiment unless ``mlflow run`` already chose one for this process."""
-    if os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID"):
+    """Select the experiment: ``name``, else the one MLflow's environment names, else ``dfk``.
+
+    Under ``mlflow run`` the run already exists in its experiment, so nothing changes.
+    """
+    if os.environ.get("MLFLOW_RUN_ID"):
         return
-    mlflow.set_experiment(name or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    if name:
+        mlflow.set_experiment(name)
+    elif not (os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID")):
+        mlflow.set_experiment(DEFAULT_EXPERIMENT)
 
 
 @contextlib.contextmanager

@@ -52,5 +52,5 @@ def trained_model(tmp_path_factory, tiny_data) -> Path:
     mlflow.set_tracking_uri(f"sqlite:///{d}/mlflow.db")
     cfg = TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(tiny_data), image_size=32, batch_size=8,
                                           epochs=1, weights="none", gradcam_images=0))
-    result = train(cfg)
+    result = train(cfg, experiment="fixture")
     return Path(mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/model", dst_path=str(d / "model")))

@@ -37,7 +37,7 @@ def test_register_tags_the_version_and_sets_aliases(two_versions):
     v = client.get_model_version("deepfake-detector", "2")
     assert v.tags["arch"] == "cnn" and v.tags["run_id"] == b.run_id and len(v.tags["dataset_fingerprint"]) == 16
     assert float(v.tags["test_roc_auc"]) == pytest.approx(b.metrics["test_roc_auc"], abs=1e-6)
-    assert client.get_model_version_by_alias("deepfake-detector", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("deepfake-detector", "champion").version) == "1"
     again = register_best("b")
     assert (again.version, again.created) == ("2", False)
 
@@ -52,14 +52,14 @@ def test_promotion_gate_never_promotes_a_model_that_is_not_better(two_versions, 
     d2 = promote(data_dir=tiny_data, margin=1.0)
     v2 = client.get_model_version("deepfake-detector", "2")
     assert not d2.promoted and (v2.description, v2.tags) == before
-    assert client.get_model_version_by_alias("deepfake-detector", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("deepfake-detector", "champion").version) == "1"
 
 
 def test_promotion_moves_champion_when_the_gain_clears_the_margin(two_versions, tiny_data):
     d = promote(data_dir=tiny_data, margin=0.0)
     gain = d.metrics["challenger"]["roc_auc"] - d.metrics["champion"]["roc_auc"]
     assert d.promoted == (gain >= 0)
-    champion = MlflowClient().get_model_version_by_alias("deepfake-detector", "champion").version
+    champion = str(MlflowClient().get_model_version_by_alias("deepfake-detector", "champion").version)
     assert champion == ("2" if gain >= 0 else "1")
     if d.promoted:  # a second run has nothing left to do
         assert not promote(data_dir=tiny_data, margin=0.0).promoted
