@@ -58,10 +58,20 @@ def parse_overrides(pairs: List[str] | None) -> dict[str, str]:
 
 
 def _quiet_tensorflow() -> None:
+    """Keep the terminal to what a user acts on: progress, results, real warnings."""
     import logging
     import os
+    import warnings
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for message in (
+        "The specified dataset source can be interpreted in multiple ways",  # a local folder is a local folder
+        "Hint: Inferred schema contains integer column",  # the dataset's label column is never missing
+        ".*Add type hints to the `predict` method",  # the signature is given explicitly
+        "`shuffle=True` was passed",
+        "Your input ran out of data",  # Keras learns the epoch length of a filtered tf.data stream
+    ):
+        warnings.filterwarnings("ignore", message=message)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "mlflow.store", "urllib3", "matplotlib", "PIL", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -148,7 +148,7 @@ def log_detector(keras_path: str, meta: dict, example_image: bytes, name: str = 
     signature, example = signature_and_example(example_image)
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=DeepfakeDetector(),
+        python_model=str(Path(dfk.__file__).parent / "pyfunc_model.py"),
         artifacts={KERAS_ARTIFACT: keras_path, META_ARTIFACT: str(meta_path)},
         code_paths=[str(Path(dfk.__file__).parent)],
         signature=signature,
