@@ -260,6 +260,32 @@ def collect_images(inputs: List[Path]) -> list[Path]:
     return found
 
 
+class ImageBatches:
+    """Decoded batches of image files; unreadable files are reported on stderr and counted."""
+
+    def __init__(self, files: list[Path], image_size: int, batch_size: int) -> None:
+        self.files, self.image_size, self.batch_size = files, image_size, batch_size
+        self.skipped = 0
+
+    def __iter__(self):
+        import numpy as np
+
+        from dfk.data.decode import BadImage, read_image
+
+        for start in range(0, len(self.files), self.batch_size):
+            chunk = self.files[start:start + self.batch_size]
+            batch, names = [], []
+            for f in chunk:
+                try:
+                    batch.append(read_image(str(f), self.image_size))
+                    names.append(f)
+                except BadImage as exc:
+                    self.skipped += 1
+                    typer.echo(f"dfk: skipped {f}: {exc}", err=True)
+            x = np.stack(batch).astype(np.float32) if batch else np.zeros((0, self.image_size, self.image_size, 3), np.float32)
+            yield names, x, len(chunk)
+
+
 @app.command()
 @user_errors
 def predict(
@@ -273,29 +299,21 @@ def predict(
 
     files = collect_images(inputs)
     _quiet_tensorflow()
-    import numpy as np
     from rich.progress import Progress
 
-    from dfk.data.decode import BadImage, read_image
     from dfk.serving import load_detector
 
     detector = load_detector(model)
-    rows, skipped = [], 0
+    rows = []
+    batches = ImageBatches(files, detector.image_size, batch_size)
     with Progress(transient=True) as bar:
         task = bar.add_task("scoring", total=len(files))
-        for start in range(0, len(files), batch_size):
-            batch, names = [], []
-            for f in files[start:start + batch_size]:
-                try:
-                    batch.append(read_image(str(f), detector.image_size))
-                    names.append(f)
-                except BadImage as exc:
-                    skipped += 1
-                    typer.echo(f"dfk: skipped {f}: {exc}", err=True)
-            if batch:
-                probs = detector.score(np.stack(batch).astype(np.float32))
+        for names, x, n in batches:
+            if names:
+                probs = detector.score(x)
                 rows += [(str(f), float(p), "fake" if p >= detector.threshold else "real") for f, p in zip(names, probs)]
-            bar.advance(task, len(files[start:start + batch_size]))
+            bar.advance(task, n)
+    skipped = batches.skipped
     tmp = out.with_name(out.name + ".part")
     with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
@@ -320,48 +338,37 @@ def gradcam_cmd(
     import numpy as np
     from PIL import Image
 
-    from dfk.data.decode import BadImage, read_image
-    from dfk.explain import gallery_rows, gradcam, gradient_function, overlay, save_gallery
+    from dfk.explain import GALLERY_ROWS, gradcam, gradient_function, overlay, save_gallery
     from dfk.serving import load_detector
 
     detector = load_detector(model)
     fn = gradient_function(detector.model, layer)
     out.mkdir(parents=True, exist_ok=True)
-    kept, images, heats, probs = [], [], [], []
-    skipped = 0
-    for start in range(0, len(files), batch_size):
-        batch, names = [], []
-        for f in files[start:start + batch_size]:
-            try:
-                batch.append(read_image(str(f), detector.image_size))
-                names.append(f)
-            except BadImage as exc:
-                skipped += 1
-                typer.echo(f"dfk: skipped {f}: {exc}", err=True)
-        if not batch:
+    used: set[str] = set()  # overlay names written by this call (same stems get a counter)
+    gallery: list[tuple] = []  # only the rows the gallery shows stay in memory
+    written = 0
+    batches = ImageBatches(files, detector.image_size, batch_size)
+    for names, x, _ in batches:
+        if not names:
             continue
-        x = np.stack(batch).astype(np.float32)
         h, p = gradcam(detector.model, x, fn=fn)
-        used = {q.name for q in out.iterdir()}
         for f, img, hm, prob in zip(names, x, h, p):
-            name = f"{f.stem}_gradcam.png"
-            k = 1
+            name, k = f"{f.stem}_gradcam.png", 1
             while name in used:
                 k += 1
                 name = f"{f.stem}_{k}_gradcam.png"
             used.add(name)
             Image.fromarray(overlay(np.uint8(img), hm)).save(out / name)
+            written += 1
             typer.echo(f"{f}\t{prob:.4f}\t{'fake' if prob >= detector.threshold else 'real'}\t{out / name}")
-        kept += names
-        images.append(x)
-        heats.append(h)
-        probs.append(p)
-    if not kept:
+            if len(gallery) < GALLERY_ROWS:
+                gallery.append((img, hm, prob, f.name))
+    if not written:
         raise UserError(f"none of the {len(files)} images could be read")
-    rows = gallery_rows(len(kept))
-    save_gallery(np.concatenate(images)[rows], np.concatenate(heats)[rows], np.concatenate(probs)[rows],
-                 detector.threshold, out / "gallery.png", [kept[i].name for i in rows])
-    typer.echo(f"wrote {len(kept)} overlays and {out / 'gallery.png'}" + (f"; skipped {skipped}" if skipped else ""))
+    imgs, heats, probs, titles = zip(*gallery)
+    save_gallery(np.stack(imgs), np.stack(heats), np.array(probs), detector.threshold, out / "gallery.png", titles)
+    skipped = batches.skipped
+    typer.echo(f"wrote {written} overlays and {out / 'gallery.png'}" + (f"; skipped {skipped}" if skipped else ""))
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m dfk`

@@ -169,10 +169,6 @@ def save_gallery(images, heatmaps, probs, threshold: float, path: Path, titles: 
 GALLERY_ROWS = 24
 
 
-def gallery_rows(n: int) -> list[int]:
-    return list(range(min(n, GALLERY_ROWS)))
-
-
 # ----------------------------------------------------------------------------- faithfulness
 @dataclass
 class Faithfulness:
