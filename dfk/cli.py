@@ -208,6 +208,41 @@ def _short(d: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(d.items())[:4])
 
 
+# ----------------------------------------------------------------------------- tuning
+@app.command()
+@user_errors
+def tune(
+    arch: Annotated[Optional[str], typer.Option(help="Architecture to tune (see `dfk models`).")] = None,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Image folder; default: the built-in set.")] = None,
+    param: ParamOption = None,
+    n_trials: Annotated[int, typer.Option(help="Trials to add to the study.")] = 20,
+    objective: Annotated[str, typer.Option(help="Per-epoch validation metric to optimise.")] = "val_auc",
+    direction: Annotated[Optional[str], typer.Option(help="maximize or minimize (default: minimize for losses).")] = None,
+    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = "median",
+    study_name: Annotated[Optional[str], typer.Option(help="Resume this study (or start it); default: a new one.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL; default: sqlite:///optuna.db here.")] = None,
+    space: Annotated[Optional[str], typer.Option(help="YAML file overriding the search space.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes working on the same study.")] = 1,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the sweep.")] = "dfk-tune",
+) -> None:
+    """Optuna sweep: one parent MLflow run, each trial a child run; pruned and failed trials marked."""
+    from dfk.config import TrainConfig
+
+    base = TrainConfig.from_overrides(parse_overrides(param), arch=arch, data_dir=data_dir)
+    _quiet_tensorflow()
+    from dfk.tuning import SweepSpec, tune as run_tune
+
+    spec = SweepSpec(base=base, n_trials=n_trials, objective=objective,
+                     direction=direction or ("minimize" if "loss" in objective else "maximize"), pruner=pruner,
+                     study_name=study_name or "", storage=storage or "", space_path=space, workers=workers,
+                     experiment=experiment)
+    r = run_tune(spec)
+    typer.echo(f"study {r.study_name}: {r.n_trials} trials " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(r.states.items())))
+    if r.best_value is not None:
+        typer.echo(f"best {objective} {r.best_value:.4f} with {r.best_params} (run {r.best_run_id})")
+    typer.echo(f"parent run {r.parent_run_id} in experiment {experiment!r}")
+
+
 # ----------------------------------------------------------------------------- registry
 @app.command()
 @user_errors

@@ -42,6 +42,27 @@ def render() -> str:
         args = " ".join(f"{n}={{{n}}}" for n in ENTRY_PARAMS)
         lines += [f"    command: \"python -m pipelines.train {arch} {args}\"", ""]
     lines += [
+        "  tune:",
+        "    parameters:",
+        "      arch: {type: string, default: \"cnn\"}",
+        "      data_dir: {type: string, default: \"builtin\"}",
+        "      n_trials: {type: float, default: \"20\"}",
+        "      # per-epoch validation metric to optimise (val_auc, val_accuracy, val_loss, ...)",
+        "      objective: {type: string, default: \"val_auc\"}",
+        "      # median, hyperband or none",
+        "      pruner: {type: string, default: \"median\"}",
+        "      # resume this study; empty starts a new one",
+        "      study_name: {type: string, default: \"\"}",
+        "      # Optuna storage URL; empty: sqlite:///optuna.db beside mlflow.db",
+        "      storage: {type: string, default: \"\"}",
+        "      # YAML file overriding the search space; empty keeps the default",
+        "      space: {type: string, default: \"\"}",
+        "      workers: {type: float, default: \"1\"}",
+        "      epochs: {type: float, default: \"10\"}",
+        "      image_size: {type: float, default: \"256\"}",
+        "    command: \"python -m pipelines.tune {arch} {data_dir} {n_trials} {objective} {pruner} {workers} {epochs} "
+        "{image_size} {study_name} {storage} {space}\"",
+        "",
         "  gradcam:",
         "    parameters:",
         "      # runs:/RUN/model, models:/NAME@ALIAS or a local model folder",

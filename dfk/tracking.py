@@ -29,10 +29,10 @@ def use_experiment(name: str | None) -> None:
 
 
 @contextlib.contextmanager
-def run(run_name: str, nested: bool = False, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+def run(run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
     """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C."""
     active = mlflow.start_run(run_name=run_name if not os.environ.get("MLFLOW_RUN_ID") else None,
-                              nested=nested, tags=dict(tags or {}))
+                              tags=dict(tags or {}))
     try:
         yield active
     except KeyboardInterrupt:

@@ -127,11 +127,16 @@ def run_name(cfg: TrainConfig) -> str:
 def train(
     cfg: TrainConfig,
     experiment: str | None = None,
-    nested: bool = False,
+    parent_run_id: str | None = None,
     callbacks: Sequence[Any] = (),
     log_model: bool = True,
+    tags: dict[str, str] | None = None,
 ) -> TrainResult:
-    """Train ``cfg.arch`` on ``cfg.data_dir`` and log one complete MLflow run."""
+    """Train ``cfg.arch`` on ``cfg.data_dir`` and log one complete MLflow run.
+
+    ``parent_run_id`` makes the run a child of that run (also from another process, as tuning
+    workers are); ``callbacks`` join Keras' fit (the tuner's pruning callback).
+    """
     import keras
     import mlflow
 
@@ -147,8 +152,10 @@ def train(
     pretrained = used_weights != "random"
 
     tracking.use_experiment(experiment)
-    tags = {"arch": cfg.arch, "backbone_weights": used_weights, **tracking.standard_tags()}
-    with tracking.run(run_name(cfg), nested=nested, tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
+    tags = {"arch": cfg.arch, "backbone_weights": used_weights, **tracking.standard_tags(), **(tags or {})}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    with tracking.run(run_name(cfg), tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mlflow.set_tags(tags)
         tracking.log_params_once(cfg.to_dict())

@@ -1,0 +1,390 @@
+"""Optuna sweeps over the one training path, each trial a child MLflow run of one parent run.
+
+* The study lives in an Optuna RDB storage (default: SQLite ``optuna.db`` beside ``mlflow.db``);
+  ``--study-name`` resumes a study and adds trials; ``--storage postgresql://...`` lets many
+  machines share it; ``--workers N`` starts N processes on the same storage.
+* TPE, seeded; MedianPruner by default (``hyperband`` or ``none`` selectable), fed every epoch by
+  optuna-integration's Keras pruning callback.
+* A pruned trial's run ends KILLED, a failed one (exception, NaN loss) FAILED, each tagged with
+  its Optuna state; the sweep goes on. Every trial logs its model, so the registry can pick the best.
+
+Children are tagged ``mlflow.parentRunId`` instead of being started "nested" in-process, so
+trials from worker processes hang under the same parent in the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import multiprocessing
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dfk.config import TrainConfig
+from dfk.errors import UserError
+
+#: Per-epoch Keras metrics a sweep can optimise.
+OBJECTIVES = ("val_auc", "val_accuracy", "val_loss", "val_precision", "val_recall")
+PRUNERS = ("median", "hyperband", "none")
+#: Parameters a search space may not touch (they define the sweep, not a trial).
+FIXED = ("arch", "data_dir", "seed", "val_split", "gradcam_images")
+
+#: The default space. learning rate log-uniform; the rest the knobs users ask about first.
+BASE_SPACE: dict[str, dict[str, Any]] = {
+    "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "dropout": {"type": "float", "low": 0.1, "high": 0.6},
+    "dense_units": {"type": "categorical", "choices": [128, 256, 512]},
+    "batch_size": {"type": "categorical", "choices": [16, 32, 64]},
+    "augment": {"type": "categorical", "choices": ["flip", "flip,jpeg", "flip,jpeg,blur", "flip,rotation,zoom,brightness"]},
+}
+#: Added for architectures with a pretrained backbone.
+BACKBONE_SPACE: dict[str, dict[str, Any]] = {
+    "fine_tune_at": {"type": "int", "low": 0, "high": 60, "step": 10},
+}
+
+
+def default_space(arch: str) -> dict[str, dict[str, Any]]:
+    from dfk.models import get_spec
+
+    space = dict(BASE_SPACE)
+    if get_spec(arch).pretrained:
+        space.update(BACKBONE_SPACE)
+    return space
+
+
+def load_space(arch: str, path: str | None) -> dict[str, dict[str, Any]]:
+    """The default space for ``arch`` with the YAML file's entries replacing (or, as null, removing) keys."""
+    space = default_space(arch)
+    if not path:
+        return space
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read search space {path}: {exc.strerror}") from None
+    try:
+        override = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"search space {path} is not valid YAML{where}") from None
+    if not isinstance(override, dict):
+        raise UserError(f"search space {path} must map parameter names to ranges, e.g. dropout: {{type: float, low: 0.1, high: 0.5}}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, spec in override.items():
+        if name not in fields or name in FIXED:
+            tunable = sorted(fields - set(FIXED))
+            raise UserError(f"search space {path}: unknown parameter {name!r}; tunable: {', '.join(tunable)}")
+        if spec is None:
+            space.pop(name, None)
+            continue
+        _check_spec(path, name, spec)
+        space[name] = spec
+    return space
+
+
+def _check_spec(path: str, name: str, spec: Any) -> None:
+    kinds = ("float", "int", "categorical")
+    if not isinstance(spec, dict) or spec.get("type") not in kinds:
+        raise UserError(f"search space {path}: {name} needs type: float, int or categorical")
+    if spec["type"] == "categorical":
+        if not isinstance(spec.get("choices"), list) or not spec["choices"]:
+            raise UserError(f"search space {path}: {name} needs a non-empty list of choices")
+        return
+    try:
+        low, high = float(spec["low"]), float(spec["high"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"search space {path}: {name} needs numeric low and high") from None
+    if not low < high:
+        raise UserError(f"search space {path}: {name} needs low < high")
+    if spec.get("log") and low <= 0:
+        raise UserError(f"search space {path}: {name} is log-uniform, so low must be above 0")
+
+
+def sample(trial, space: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for name, spec in space.items():
+        if spec["type"] == "float":
+            out[name] = trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+        elif spec["type"] == "int":
+            out[name] = trial.suggest_int(name, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1)),
+                                          log=bool(spec.get("log")))
+        else:
+            out[name] = trial.suggest_categorical(name, spec["choices"])
+    return out
+
+
+@dataclass
+class SweepSpec:
+    """Everything one sweep needs; the same object goes to every worker process."""
+
+    base: TrainConfig
+    n_trials: int = 20
+    objective: str = "val_auc"
+    direction: str = "maximize"
+    pruner: str = "median"
+    study_name: str = ""
+    storage: str = ""
+    space_path: str | None = None
+    workers: int = 1
+    experiment: str = "dfk-tune"
+    tracking_uri: str = ""
+
+    def validate(self) -> None:
+        if self.n_trials < 1:
+            raise UserError(f"n_trials must be at least 1, got {self.n_trials}")
+        if self.workers < 1:
+            raise UserError(f"workers must be at least 1, got {self.workers}")
+        if self.objective not in OBJECTIVES:
+            raise UserError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if self.direction not in ("maximize", "minimize"):
+            raise UserError(f"direction must be maximize or minimize, got {self.direction!r}")
+        if self.pruner not in PRUNERS:
+            raise UserError(f"unknown pruner {self.pruner!r}; choose from {', '.join(PRUNERS)}")
+        load_space(self.base.arch, self.space_path)
+
+
+def default_storage() -> str:
+    return f"sqlite:///{Path('optuna.db').resolve()}"
+
+
+def _pruner(name: str):
+    import optuna
+
+    if name == "median":
+        # Five trials finish before anything is pruned; the first epoch is never judged.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: SweepSpec):
+    import optuna
+
+    return optuna.create_study(
+        study_name=spec.study_name, storage=spec.storage, direction=spec.direction, load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=spec.base.seed), pruner=_pruner(spec.pruner),
+    )
+
+
+def _objective(spec: SweepSpec, parent_run_id: str, space):
+    import mlflow
+    import optuna
+    from optuna_integration import KerasPruningCallback
+
+    from dfk.training import train
+
+    def objective(trial: optuna.Trial) -> float:
+        params = sample(trial, space)
+        cfg = spec.base.replace(**params)
+        tags = {"optuna_study": spec.study_name, "optuna_trial": str(trial.number)}
+        try:
+            result = train(cfg, experiment=spec.experiment, parent_run_id=parent_run_id,
+                           callbacks=[KerasPruningCallback(trial, spec.objective)], tags=tags)
+        except optuna.TrialPruned:
+            _close_trial_run(spec, trial.number, "KILLED", "PRUNED")
+            raise
+        except Exception:
+            _close_trial_run(spec, trial.number, "FAILED", "FAIL")
+            raise
+        values = [v for v in result.history.get(spec.objective, []) if math.isfinite(v)]
+        if not values:
+            _close_trial_run(spec, trial.number, "FAILED", "FAIL")
+            raise UserError(f"trial {trial.number} produced no finite {spec.objective}")
+        value = max(values) if spec.direction == "maximize" else min(values)
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("epochs_trained", len(result.history.get("loss", [])))
+        client = mlflow.MlflowClient()
+        client.log_metric(result.run_id, "objective", value)
+        client.set_tag(result.run_id, "optuna_state", "COMPLETE")
+        return value
+
+    return objective
+
+
+def _close_trial_run(spec: SweepSpec, number: int, status: str, state: str) -> None:
+    """Find this trial's run by its tags and give it the status and tag of its Optuna state."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(spec.experiment)
+    if exp is None:
+        return
+    runs = client.search_runs([exp.experiment_id],
+                              f"tags.optuna_study = '{spec.study_name}' and tags.optuna_trial = '{number}'")
+    for r in runs:
+        client.set_tag(r.info.run_id, "optuna_state", state)
+        client.set_terminated(r.info.run_id, status)
+        if r.data.metrics.get("epochs_trained") is None:
+            history = client.get_metric_history(r.info.run_id, "loss")
+            client.log_metric(r.info.run_id, "epochs_trained", len(history))
+
+
+def _run_trials(spec: SweepSpec, parent_run_id: str, n: int) -> None:
+    """Run ``n`` trials of the shared study in this process (a worker, or the only process)."""
+    import logging
+    import warnings
+
+    import mlflow
+    import optuna
+
+    if spec.tracking_uri:
+        mlflow.set_tracking_uri(spec.tracking_uri)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    study = open_study(spec)
+    space = load_space(spec.base.arch, spec.space_path)
+    study.optimize(_objective(spec, parent_run_id, space), n_trials=n, catch=(Exception,), gc_after_trial=True)
+
+
+def _worker(spec: SweepSpec, parent_run_id: str, n: int) -> None:  # pragma: no cover - runs in a child process
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _run_trials(spec, parent_run_id, n)
+
+
+@dataclass
+class SweepResult:
+    parent_run_id: str
+    study_name: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_run_id: str | None
+    n_trials: int  # in the study, across every session that added to it
+    states: dict[str, int]
+
+
+def tune(spec: SweepSpec) -> SweepResult:
+    """Run a sweep: one parent run, ``n_trials`` child runs, then the study's summary on the parent."""
+    import mlflow
+
+    from dfk import tracking
+
+    spec.validate()
+    spec.study_name = spec.study_name or f"{spec.base.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
+    spec.storage = spec.storage or default_storage()
+    spec.tracking_uri = spec.tracking_uri or mlflow.get_tracking_uri()
+    from dfk.training import load_index
+
+    load_index(spec.base)  # a bad data folder fails here, before any run exists
+    study = open_study(spec)  # a bad storage URL fails here too
+    client = mlflow.MlflowClient()
+    tags = {"arch": spec.base.arch, "optuna_study": spec.study_name, "sweep": "parent", **tracking.standard_tags()}
+    # Under `mlflow run -e tune` the entry point's run is the parent; trials must start runs of
+    # their own, so the variable that would make them resume it is taken out of the environment.
+    pid = os.environ.pop("MLFLOW_RUN_ID", None)
+    if pid:
+        spec.experiment = client.get_experiment(client.get_run(pid).info.experiment_id).name
+        for k, v in tags.items():
+            client.set_tag(pid, k, v)
+    else:
+        tracking.use_experiment(spec.experiment)
+        exp = client.get_experiment_by_name(spec.experiment)
+        tags["mlflow.runName"] = f"tune-{spec.base.arch}-{spec.study_name}"
+        pid = client.create_run(exp.experiment_id, tags=tags).info.run_id
+    status = "FAILED"
+    try:
+        client.log_batch(pid, params=[mlflow.entities.Param(k, str(v)) for k, v in {
+            "arch": spec.base.arch, "n_trials": spec.n_trials, "objective": spec.objective,
+            "direction": spec.direction, "pruner": spec.pruner, "study_name": spec.study_name,
+            "storage": _redact(spec.storage), "workers": spec.workers, "sampler": "TPE",
+            "seed": spec.base.seed, "image_size": spec.base.image_size, "epochs": spec.base.epochs,
+            "data_dir": spec.base.data_dir,
+        }.items()])
+        if spec.workers == 1:
+            _run_trials(spec, pid, spec.n_trials)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            shares = [spec.n_trials // spec.workers + (i < spec.n_trials % spec.workers) for i in range(spec.workers)]
+            procs = [ctx.Process(target=_worker, args=(spec, pid, n)) for n in shares if n]
+            for p in procs:
+                p.start()
+            try:
+                for p in procs:
+                    p.join()
+            except KeyboardInterrupt:
+                for p in procs:
+                    p.terminate()
+                for p in procs:
+                    p.join()
+                raise
+        result = _summarise(spec, study, pid)
+        status = "FINISHED"
+        return result
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(pid, status)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _summarise(spec: SweepSpec, study, parent_run_id: str) -> SweepResult:
+    import mlflow
+    import optuna
+
+    client = mlflow.MlflowClient()
+    study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+    trials = study.trials
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    best = study.best_trial if complete else None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        study.trials_dataframe().to_csv(tmp / "trials.csv", index=False)
+        _plots(study, tmp / "plots")
+        client.log_artifacts(parent_run_id, str(tmp))
+    metrics = {f"trials_{k.lower()}": v for k, v in states.items()}
+    if best is not None:
+        metrics["best_value"] = best.value
+        client.log_dict(parent_run_id, {"value": best.value, "params": best.params, "trial": best.number,
+                                        "run_id": best.user_attrs.get("mlflow_run_id")}, "best.json")
+        for k, v in best.params.items():
+            client.log_param(parent_run_id, f"best_{k}", v)
+        client.set_tag(parent_run_id, "best_run_id", best.user_attrs.get("mlflow_run_id", ""))
+        client.set_tag(parent_run_id, "best_trial", str(best.number))
+    for k, v in metrics.items():
+        client.log_metric(parent_run_id, k, v)
+    return SweepResult(parent_run_id, spec.study_name, best.value if best else None, best.params if best else {},
+                       best.user_attrs.get("mlflow_run_id") if best else None, len(trials), states)
+
+
+def _plots(study, out: Path) -> None:
+    """Optuna's matplotlib plots; one that needs more finished trials than there are is left out."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fn in (("optimization_history", ovm.plot_optimization_history),
+                     ("param_importances", ovm.plot_param_importances),
+                     ("parallel_coordinate", ovm.plot_parallel_coordinate),
+                     ("intermediate_values", ovm.plot_intermediate_values)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = fn(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(8, 5)
+            fig.tight_layout()
+            fig.savefig(out / f"{name}.png", dpi=100)
+            plt.close(fig)
+        except Exception as exc:  # e.g. importances need two finished trials
+            (out / f"{name}.txt").write_text(f"not drawn: {exc}\n")

@@ -1,0 +1,98 @@
+"""Optuna sweeps as a parent MLflow run with child trial runs: pruning, failures, resume, workers."""
+
+import mlflow
+import optuna
+import pytest
+from typer.testing import CliRunner
+
+from dfk.cli import app
+from dfk.config import TrainConfig
+from dfk.tuning import SweepSpec, tune
+
+SPACE = "learning_rate: {type: float, low: 0.0001, high: 0.01, log: true}\nbatch_size: {type: categorical, choices: [8]}\n" \
+        "dense_units: {type: categorical, choices: [16, 32]}\naugment: null\n"
+
+
+def _spec(tiny_data, tmp_path, **kw):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    base = TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(tiny_data), image_size=32, epochs=2,
+                                           weights="none", gradcam_images=0))
+    return SweepSpec(base=base, space_path=str(space), storage=f"sqlite:///{tmp_path}/optuna.db", **kw)
+
+
+def _children(parent_id):
+    return mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                              output_format="list")
+
+
+def test_a_sweep_is_a_parent_run_with_one_child_per_trial_and_resumes(tiny_data, tmp_path):
+    r = tune(_spec(tiny_data, tmp_path, n_trials=3, study_name="s1"))
+    parent = mlflow.get_run(r.parent_run_id)
+    assert parent.info.status == "FINISHED" and r.states == {"COMPLETE": 3}
+    children = _children(r.parent_run_id)
+    assert len(children) == 3 and {c.info.status for c in children} == {"FINISHED"}
+    assert {c.data.tags["optuna_state"] for c in children} == {"COMPLETE"}
+    assert all("val_auc" in c.data.metrics and "objective" in c.data.metrics for c in children)
+    assert parent.data.metrics["best_value"] == pytest.approx(r.best_value)
+    assert parent.data.params["best_learning_rate"] and parent.data.tags["best_run_id"] == r.best_run_id
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(r.parent_run_id)}
+    plots = {f.path for f in mlflow.MlflowClient().list_artifacts(r.parent_run_id, "plots")}
+    assert {"trials.csv", "best.json", "plots"} <= files
+    assert {"plots/optimization_history.png", "plots/intermediate_values.png", "plots/parallel_coordinate.png",
+            "plots/param_importances.png"} <= plots
+    assert mlflow.pyfunc.load_model(f"runs:/{r.best_run_id}/model") is not None
+    again = tune(_spec(tiny_data, tmp_path, n_trials=2, study_name="s1"))
+    assert again.n_trials == 5
+    assert len(optuna.load_study(study_name="s1", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 5
+
+
+def test_pruned_and_failed_trials_are_marked_and_the_sweep_goes_on(tiny_data, tmp_path, monkeypatch):
+    import keras
+
+    fit = keras.Model.fit
+    calls = {"n": 0}
+
+    def flaky_fit(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("out of memory")
+        return fit(self, *a, **k)
+
+    monkeypatch.setattr(keras.Model, "fit", flaky_fit)
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 2)
+    r = tune(_spec(tiny_data, tmp_path, n_trials=4, study_name="s2"))
+    assert r.states == {"COMPLETE": 2, "FAIL": 1, "PRUNED": 1}
+    by_trial = {c.data.tags["optuna_trial"]: c for c in _children(r.parent_run_id)}
+    assert (by_trial["1"].info.status, by_trial["1"].data.tags["optuna_state"]) == ("FAILED", "FAIL")
+    assert (by_trial["2"].info.status, by_trial["2"].data.tags["optuna_state"]) == ("KILLED", "PRUNED")
+    assert by_trial["2"].data.metrics["epochs_trained"] == 1
+    assert by_trial["0"].info.status == by_trial["3"].info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("dropout: [0.1, 0.5", "not valid YAML"),
+        ("epochz: {type: float, low: 1, high: 2}", "unknown parameter 'epochz'"),
+        ("arch: {type: categorical, choices: [cnn]}", "unknown parameter 'arch'"),
+        ("dropout: {type: float, low: 0.5, high: 0.1}", "low < high"),
+        ("dropout: {type: gaussian}", "needs type"),
+    ],
+)
+def test_bad_search_space_is_one_line_and_exit_2(tiny_data, tmp_path, text, fragment):
+    space = tmp_path / "bad.yaml"
+    space.write_text(text)
+    result = CliRunner().invoke(app, ["tune", "-d", str(tiny_data), "--space", str(space), "--n-trials", "1"])
+    assert result.exit_code == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "optuna.db").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_on_sqlite_run_exactly_n_trials(tiny_data, tmp_path):
+    r = tune(_spec(tiny_data, tmp_path, n_trials=4, study_name="w", workers=2))
+    study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert len(study.trials) == 4 and sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    children = _children(r.parent_run_id)
+    assert sorted(int(c.data.tags["optuna_trial"]) for c in children) == [0, 1, 2, 3]
+    assert mlflow.get_run(r.parent_run_id).info.status == "FINISHED"
