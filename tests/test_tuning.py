@@ -96,3 +96,26 @@ def test_two_workers_on_sqlite_run_exactly_n_trials(tiny_data, tmp_path):
     children = _children(r.parent_run_id)
     assert sorted(int(c.data.tags["optuna_trial"]) for c in children) == [0, 1, 2, 3]
     assert mlflow.get_run(r.parent_run_id).info.status == "FINISHED"
+
+
+def test_ctrl_c_stops_cleanly_leaving_finished_trials_and_closed_runs(tiny_data, tmp_path, monkeypatch):
+    import keras
+
+    fit = keras.Model.fit
+    calls = {"n": 0}
+
+    def interrupted_fit(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return fit(self, *a, **k)
+
+    monkeypatch.setattr(keras.Model, "fit", interrupted_fit)
+    spec = _spec(tiny_data, tmp_path, n_trials=4, study_name="s3")
+    with pytest.raises(KeyboardInterrupt):
+        tune(spec)
+    study = optuna.load_study(study_name="s3", storage=spec.storage)
+    assert [t.state.name for t in study.trials][0] == "COMPLETE" and len(study.trials) == 2
+    runs = mlflow.search_runs(experiment_names=["dfk-tune"], output_format="list")
+    status = {r.data.tags.get("optuna_trial", "parent"): r.info.status for r in runs}
+    assert status == {"parent": "KILLED", "0": "FINISHED", "1": "KILLED"}
