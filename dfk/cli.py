@@ -102,8 +102,9 @@ def train(
     result = run_training(cfg, experiment=experiment)
     import mlflow
 
-    typer.echo(f"Finished run {result.run_id} in {mlflow.get_tracking_uri()}")
-    typer.echo("See it in the MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db  (then open http://127.0.0.1:5000)")
+    uri = mlflow.get_tracking_uri()
+    typer.echo(f"Finished run {result.run_id} in {uri}")
+    typer.echo(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
 
 
 @app.command()
