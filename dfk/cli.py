@@ -277,6 +277,34 @@ def promote(
     typer.echo(f"champion: models:/{name}@champion (version {d.champion})")
 
 
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[str, typer.Argument(help="runs:/RUN/model, models:/NAME@ALIAS or a local model folder.")],
+    data_dir: Annotated[str, typer.Option("--data", "-d", help="Folder (Kaggle layout or flat Fake|Real).")],
+    perturb: Annotated[Optional[str], typer.Option(help="all, default, or e.g. jpeg:50,blur (every level of blur).")] = None,
+    split: Annotated[str, typer.Option(help="Split to score: test, validation or train.")] = "test",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the evaluation run.")] = "dfk-eval",
+) -> None:
+    """Score a model on a folder and log an evaluation run (metrics, plots, report, robustness)."""
+    from dfk.scoring import ROBUST_METRICS, parse_perturbations
+
+    perturbations = parse_perturbations(perturb)
+    if split not in ("train", "validation", "test"):
+        raise UserError(f"split must be train, validation or test, got {split!r}")
+    _quiet_tensorflow()
+    from dfk.scoring import evaluate_model
+
+    run_id, score = evaluate_model(model, data_dir, perturbations, experiment, split)
+    m = score.clean.metrics
+    typer.echo(f"clean: ROC-AUC {m['roc_auc']:.4f}  EER {m['eer']:.4f}  accuracy {m['accuracy']:.4f}")
+    for (kind, level), r in score.robust.items():
+        typer.echo(f"{kind:<10} {str(level):<6} " + "  ".join(f"{k} {r[k]:.4f}" for k in ROBUST_METRICS))
+    for p, reason in score.skipped:
+        typer.echo(f"dfk: skipped {p}: {reason}", err=True)
+    typer.echo(f"evaluation run {run_id} in experiment {experiment!r}")
+
+
 # ----------------------------------------------------------------------------- explain
 def collect_images(inputs: List[Path]) -> list[Path]:
     """Image files named directly or found (recursively, hidden files skipped) in folders."""

@@ -107,24 +107,13 @@ class Decision:
     metrics: dict
 
 
-def evaluate_uri(model_uri: str, data_dir: str | Path, batch_size: int = 32) -> dict:
+def evaluate_uri(model_uri: str, data_dir: str | Path) -> dict:
     """Score a registered or logged model on a folder's test split with the shared metrics."""
-    import numpy as np
-    import pandas as pd
-
     from dfk.data.scan import scan
-    from dfk.evaluation import evaluate_predictions
+    from dfk.scoring import score_folder
     from dfk.serving import load_detector
 
-    detector = load_detector(model_uri)
-    index = scan(data_dir)
-    paths, labels = index.paths("test"), index.labels("test")
-    probs = []
-    for start in range(0, len(paths), batch_size):
-        chunk = [Path(p).read_bytes() for p in paths[start:start + batch_size]]
-        out = detector.predict(None, pd.DataFrame({"image": chunk}))
-        probs.append(out["probability_fake"].to_numpy())
-    return evaluate_predictions(labels, np.concatenate(probs), detector.threshold).metrics
+    return score_folder(load_detector(model_uri), scan(data_dir)).clean.metrics
 
 
 def promote(name: str = DEFAULT_MODEL_NAME, data_dir: str | Path | None = None, margin: float = 0.005,

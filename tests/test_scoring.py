@@ -1,0 +1,53 @@
+"""Evaluation on any folder, clean and perturbed, logged as its own run with the shared metrics."""
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dfk.cli import app
+from dfk.errors import UserError
+from dfk.scoring import PERTURBATIONS, parse_perturbations, perturb
+
+
+@pytest.mark.parametrize("kind", list(PERTURBATIONS))
+def test_each_perturbation_keeps_shape_and_changes_pixels(kind):
+    img = np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    for level in PERTURBATIONS[kind]:
+        out = perturb(img, kind, level, np.random.default_rng(1))
+        assert out.shape == img.shape and out.dtype == np.uint8 and not np.array_equal(out, img)
+
+
+def test_perturbation_lists_parse_and_bad_ones_are_clear():
+    assert parse_perturbations("jpeg:50,blur") == [("jpeg", 50), ("blur", 1), ("blur", 2), ("blur", 3)]
+    assert len(parse_perturbations("all")) == sum(len(v) for v in PERTURBATIONS.values())
+    assert parse_perturbations(None) == []
+    with pytest.raises(UserError, match="unknown perturbation 'fog'"):
+        parse_perturbations("fog")
+    with pytest.raises(UserError, match="not a number"):
+        parse_perturbations("jpeg:high")
+
+
+def test_evaluate_logs_a_run_with_training_metrics_and_robustness(trained_model, tiny_data):
+    result = CliRunner().invoke(app, ["evaluate", str(trained_model), "-d", str(tiny_data), "--perturb", "jpeg:30,resize:0.5"])
+    assert result.exit_code == 0, result.output
+    (run,) = mlflow.search_runs(experiment_names=["dfk-eval"], output_format="list")
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    assert {"test_accuracy", "test_log_loss", "test_ece", "test_brier"} <= set(m)
+    for key in ("robust_jpeg_30_roc_auc", "robust_jpeg_30_eer", "robust_resize_0.5_accuracy", "robust_jpeg_30_accuracy_drop"):
+        assert key in m
+    files = {f.path for f in mlflow.MlflowClient().list_artifacts(run.info.run_id, "robustness")}
+    assert {"robustness/robustness.csv", "robustness/robustness.json", "robustness/robustness_heatmap.png"} <= files
+    table = json.loads(open(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                                artifact_path="robustness/robustness.json")).read())
+    assert [(r["perturbation"], r["level"]) for r in table["perturbed"]] == [("jpeg", 30), ("resize", 0.5)]
+
+
+def test_evaluate_bad_inputs_exit_2(trained_model, tiny_data):
+    r = CliRunner().invoke(app, ["evaluate", str(trained_model), "-d", "/no/such", "--perturb", "jpeg"])
+    assert r.exit_code == 2 and "does not exist" in r.stderr
+    r = CliRunner().invoke(app, ["evaluate", str(trained_model), "-d", str(tiny_data), "--perturb", "snow"])
+    assert r.exit_code == 2 and "unknown perturbation" in r.stderr
