@@ -305,6 +305,46 @@ def evaluate(
     typer.echo(f"evaluation run {run_id} in experiment {experiment!r}")
 
 
+@app.command()
+@user_errors
+def compare(
+    experiment: Annotated[str, typer.Option(help="Experiment whose runs to compare.")] = "dfk",
+    metric: Annotated[str, typer.Option(help="Metric to sort by (losses and EER ascending).")] = "test_roc_auc",
+    format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
+    chart: Annotated[Path, typer.Option(help="Where to save the bar chart PNG.")] = Path("compare.png"),
+) -> None:
+    """Training runs side by side (arch, key params, val/test metrics, duration) and a bar chart."""
+    if format not in ("table", "json", "csv"):
+        raise UserError(f"format must be table, json or csv, got {format!r}")
+    _quiet_tensorflow()
+    import mlflow
+
+    from dfk.compare import bar_chart, compare_runs
+
+    table = compare_runs(experiment, metric)
+    bar_chart(table, metric, chart)
+    # The chart is also kept in the experiment, in a run of its own tagged as a comparison.
+    exp = mlflow.get_experiment_by_name(experiment)
+    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"compare-{metric}",
+                          tags={"dfk_compare": "true"}):
+        mlflow.log_artifact(str(chart))
+        mlflow.log_text(table.to_csv(index=False), "compare.csv")
+    if format == "json":
+        typer.echo(table.to_json(orient="records", indent=2))
+    elif format == "csv":
+        typer.echo(table.to_csv(index=False), nl=False)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(*table.columns)
+        for row in table.itertuples(index=False):
+            t.add_row(*["" if v is None or (isinstance(v, float) and v != v) else
+                        (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row])
+        Console(soft_wrap=True).print(t)
+    typer.echo(f"chart: {chart}", err=format != "table")
+
+
 # ----------------------------------------------------------------------------- explain
 def collect_images(inputs: List[Path]) -> list[Path]:
     """Image files named directly or found (recursively, hidden files skipped) in folders."""

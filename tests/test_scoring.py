@@ -51,3 +51,25 @@ def test_evaluate_bad_inputs_exit_2(trained_model, tiny_data):
     assert r.exit_code == 2 and "does not exist" in r.stderr
     r = CliRunner().invoke(app, ["evaluate", str(trained_model), "-d", str(tiny_data), "--perturb", "snow"])
     assert r.exit_code == 2 and "unknown perturbation" in r.stderr
+
+
+def test_compare_lists_training_runs_best_first_in_every_format(tiny_data, tmp_path):
+    from dfk.config import TrainConfig
+    from dfk.training import train
+
+    for seed in (1, 2):
+        train(TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(tiny_data), image_size=32, batch_size=8,
+                                              epochs=1, weights="none", gradcam_images=0, seed=seed)))
+    runner = CliRunner()
+    r = runner.invoke(app, ["compare", "--format", "json", "--chart", str(tmp_path / "c.png")])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert len(rows) == 2 and rows[0]["test_roc_auc"] >= rows[1]["test_roc_auc"]
+    assert {"arch", "learning_rate", "epochs", "val_auc", "test_accuracy", "duration_s"} <= set(rows[0])
+    assert (tmp_path / "c.png").exists()
+    csv_out = runner.invoke(app, ["compare", "--format", "csv", "--chart", str(tmp_path / "c.png")])
+    assert csv_out.stdout.splitlines()[0].startswith("run,name,arch")
+    assert runner.invoke(app, ["compare"]).exit_code == 0  # the comparison runs themselves are not listed
+    assert len(json.loads(runner.invoke(app, ["compare", "--format", "json"]).stdout)) == 2
+    bad = runner.invoke(app, ["compare", "--experiment", "none-such"])
+    assert bad.exit_code == 2 and "does not exist" in bad.stderr

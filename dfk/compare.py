@@ -1,0 +1,56 @@
+"""The terminal view of the MLflow compare page: training runs side by side, sorted by a metric."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from dfk.errors import UserError
+
+#: Columns of the comparison, in order: (header, where in the run it comes from).
+COLUMNS = (
+    ("run", "run_id"), ("name", "tags.mlflow.runName"), ("arch", "tags.arch"),
+    ("weights", "tags.backbone_weights"), ("image_size", "params.image_size"), ("batch_size", "params.batch_size"),
+    ("learning_rate", "params.learning_rate"), ("epochs", "metrics.epochs_trained"),
+    ("val_auc", "metrics.best_val_roc_auc"), ("test_roc_auc", "metrics.test_roc_auc"),
+    ("test_accuracy", "metrics.test_accuracy_at_threshold"), ("test_eer", "metrics.test_eer"),
+    ("test_log_loss", "metrics.test_log_loss"), ("duration_s", "duration"),
+)
+
+
+def compare_runs(experiment: str, metric: str = "test_roc_auc"):
+    """A DataFrame of the experiment's finished training runs, best first by ``metric``."""
+    import mlflow
+    import pandas as pd
+
+    if mlflow.get_experiment_by_name(experiment) is None:
+        raise UserError(f"experiment {experiment!r} does not exist; train a model first (dfk train)")
+    runs = mlflow.search_runs(experiment_names=[experiment],
+                              filter_string="attributes.status = 'FINISHED' and tags.arch != ''")
+    if runs.empty or f"metrics.{metric}" not in runs:
+        raise UserError(f"no finished training run with metric {metric!r} in experiment {experiment!r}")
+    runs = runs[runs.get("tags.sweep", pd.Series(index=runs.index, dtype=object)).fillna("") != "parent"]
+    runs["duration"] = (runs["end_time"] - runs["start_time"]).dt.total_seconds().round(1)
+    table = pd.DataFrame({header: runs[src] if src in runs else None for header, src in COLUMNS})
+    table["run"] = table["run"].str[:8]
+    table[metric] = runs[f"metrics.{metric}"].values
+    lower_is_better = any(k in metric for k in ("loss", "eer", "brier", "ece"))
+    table = table.sort_values(metric, ascending=lower_is_better, na_position="last").reset_index(drop=True)
+    return table.loc[:, ~table.columns.duplicated()]
+
+
+def bar_chart(table, metric: str, path: Path) -> Path:
+    from dfk.evaluation import _fig, _save
+
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(table)), 3.6))
+    labels = [f"{a}\n{r}" for a, r in zip(table["arch"], table["run"])]
+    values = [v if isinstance(v, float) and math.isfinite(v) else 0 for v in table[metric]]
+    ax.bar(range(len(values)), values, color="#4c72b0")
+    ax.set_xticks(range(len(values)), labels, fontsize=7)
+    ax.set_ylabel(metric)
+    ax.set_title(f"runs by {metric}")
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)
