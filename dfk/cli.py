@@ -209,6 +209,32 @@ def _short(d: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(d.items())[:4])
 
 
+@app.command("main")
+@user_errors
+def main_cmd(
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Image folder; default: the built-in set.")] = None,
+    param: ParamOption = None,
+    archs: Annotated[str, typer.Option(help="Comma-separated architectures to train.")] = "cnn,resnet",
+    perturb: Annotated[str, typer.Option(help="Robustness check of the champion: default, all, none or a list.")] = "default",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the training runs.")] = "dfk",
+) -> None:
+    """The whole job: train each arch, register the best, promote behind the gate, check robustness."""
+    from dfk.config import TrainConfig
+    from dfk.models import get_spec
+
+    names = [a.strip() for a in archs.split(",") if a.strip()]
+    for a in names:
+        get_spec(a)
+    base = TrainConfig.from_overrides(parse_overrides(param), data_dir=data_dir)
+    _quiet_tensorflow()
+    from dfk.workflow import run_main
+
+    r = run_main(base, names, experiment, perturb)
+    typer.echo(f"trained: {', '.join(f'{a} {rid}' for a, rid in r.run_ids.items())}")
+    typer.echo(f"champion: {r.champion_uri} (version {r.champion_version}); robustness run {r.evaluation_run_id}")
+    typer.echo(f"serve it: mlflow models serve -m {r.champion_uri} --env-manager local -p 5001")
+
+
 # ----------------------------------------------------------------------------- tuning
 @app.command()
 @user_errors

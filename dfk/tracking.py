@@ -45,6 +45,12 @@ def run(run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
         mlflow.end_run("FINISHED")
 
 
+def take_entry_run() -> str | None:
+    """The run ``mlflow run`` created for a multi-run entry point (tune, main), taken out of the
+    environment so that the runs this process starts are runs of their own, not that one resumed."""
+    return os.environ.pop("MLFLOW_RUN_ID", None)
+
+
 def log_params_once(params: Mapping[str, Any]) -> None:
     """Log params, skipping keys the run already has (``mlflow run`` logs its own -P values)."""
     run = mlflow.active_run()

@@ -275,9 +275,8 @@ def tune(spec: SweepSpec) -> SweepResult:
     study = open_study(spec)  # a bad storage URL fails here too
     client = mlflow.MlflowClient()
     tags = {"arch": spec.base.arch, "optuna_study": spec.study_name, "sweep": "parent", **tracking.standard_tags()}
-    # Under `mlflow run -e tune` the entry point's run is the parent; trials must start runs of
-    # their own, so the variable that would make them resume it is taken out of the environment.
-    pid = os.environ.pop("MLFLOW_RUN_ID", None)
+    # Under `mlflow run -e tune` the entry point's run is the parent.
+    pid = tracking.take_entry_run()
     if pid:
         spec.experiment = client.get_experiment(client.get_run(pid).info.experiment_id).name
         for k, v in tags.items():

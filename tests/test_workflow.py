@@ -1,0 +1,32 @@
+"""The one-command pipeline: train cnn and resnet as child runs, register, promote, check robustness."""
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from dfk.cli import app
+
+
+@pytest.mark.slow
+def test_main_trains_registers_promotes_and_checks_robustness(tiny_data):
+    args = ["main", "-d", str(tiny_data), "--perturb", "jpeg:50", "-P", "image_size=32", "-P", "epochs=1",
+            "-P", "batch_size=8", "-P", "weights=none", "-P", "gradcam_images=0"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "champion: models:/deepfake-detector@champion" in r.stdout and "mlflow models serve" in r.stdout
+    runs = mlflow.search_runs(experiment_names=["dfk"], output_format="list")
+    parent = next(x for x in runs if x.data.tags.get("pipeline") == "main")
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.data.tags["arch"] for c in children) == ["cnn", "resnet"]
+    champion = MlflowClient().get_model_version_by_alias("deepfake-detector", "champion")
+    assert champion.run_id in {c.info.run_id for c in children}
+    (ev,) = mlflow.search_runs(experiment_names=["dfk-eval"], output_format="list")
+    assert "robust_jpeg_50_roc_auc" in ev.data.metrics or "robust_jpeg_50_accuracy" in ev.data.metrics
+
+
+def test_main_with_an_unknown_arch_writes_nothing(tmp_path):
+    r = CliRunner().invoke(app, ["main", "--archs", "cnn,alexnet"])
+    assert r.exit_code == 2 and "unknown architecture 'alexnet'" in r.stderr
+    assert not (tmp_path / "mlflow.db").exists()
