@@ -482,6 +482,10 @@ def gradcam_cmd(
         if not names:
             continue
         h, p = gradcam(detector.model, x, fn=fn)
+        if detector.temperature != 1.0:  # report what the served model reports
+            from dfk.evaluation import apply_temperature
+
+            p = apply_temperature(p, detector.temperature)
         for f, img, hm, prob in zip(names, x, h, p):
             name, k = f"{f.stem}_gradcam.png", 1
             while name in used:

@@ -70,6 +70,8 @@ class TrainConfig:
     aug_blur_sigma: float = 1.5
     # Decision threshold: 0 picks the equal-error-rate point on validation; else this false-positive rate.
     target_fpr: float = 0.0
+    # Fit a temperature on validation so probabilities mean what they say; off as in the notebook.
+    calibrate: bool = False
     # Seeds Python, NumPy and TensorFlow, the shuffling and the built-in set's split.
     seed: int = 42
     # Test images shown in the Grad-CAM gallery of each run.

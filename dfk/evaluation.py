@@ -75,6 +75,28 @@ def expected_calibration_error(y_true: np.ndarray, y_prob: np.ndarray, n_bins: i
     return float(total)
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def fit_temperature(y_true: Sequence[int], y_prob: Sequence[float]) -> float:
+    """Temperature scaling: the T minimising validation log loss of sigmoid(logit / T)."""
+    from scipy.optimize import minimize_scalar
+
+    y, z = np.asarray(y_true, dtype=np.float64), _logit(y_prob)
+
+    def nll(log_t: float) -> float:
+        q = np.clip(1 / (1 + np.exp(-z / np.exp(log_t))), 1e-7, 1 - 1e-7)
+        return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-4, 4), method="bounded").x))
+
+
+def apply_temperature(y_prob: Sequence[float], temperature: float) -> np.ndarray:
+    return 1 / (1 + np.exp(-_logit(y_prob) / temperature))
+
+
 def _at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 

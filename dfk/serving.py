@@ -80,6 +80,7 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         meta = json.loads(Path(context.artifacts[META_ARTIFACT]).read_text())
         self.image_size = int(meta["image_size"])
         self.threshold = float(meta["threshold"])
+        self.temperature = float(meta.get("temperature", 1.0))
         self.batch_size = int(meta.get("batch_size", 32))
 
     def decode_rows(self, images) -> np.ndarray:
@@ -97,7 +98,12 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         # costs more than the model itself for the few images a request carries.
         chunks = [np.asarray(self.model(batch[i:i + self.batch_size], training=False)).reshape(-1)
                   for i in range(0, len(batch), self.batch_size)]
-        return np.concatenate(chunks).astype(np.float64) if chunks else np.zeros(0)
+        probs = np.concatenate(chunks).astype(np.float64) if chunks else np.zeros(0)
+        if self.temperature != 1.0:
+            from dfk.evaluation import apply_temperature
+
+            probs = apply_temperature(probs, self.temperature)
+        return probs
 
     def predict(self, context, model_input, params=None):
         import pandas as pd

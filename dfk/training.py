@@ -142,7 +142,8 @@ def train(
 
     from dfk import tracking
     from dfk.data.pipeline import DecodeFailures, make_dataset
-    from dfk.evaluation import evaluate_predictions, choose_threshold, plot_learning_curves, write_report
+    from dfk.evaluation import (apply_temperature, choose_threshold, evaluate_predictions, fit_temperature,
+                                plot_learning_curves, write_report)
     from dfk.models import create_model
 
     keras.utils.set_random_seed(cfg.seed)
@@ -211,15 +212,23 @@ def train(
         # Threshold on validation, metrics on test, both with the best weights.
         eval_common = dict(common, with_paths=True)
         yv, pv, _ = predict_split(model, make_dataset(index.paths("validation"), index.labels("validation"), **eval_common))
+        yt, pt, test_paths = predict_split(model, make_dataset(index.paths("test"), index.labels("test"), **eval_common))
+        temperature = 1.0
+        art = tmp / "artifacts"
+        if cfg.calibrate:
+            temperature = fit_temperature(yv, pv)
+            raw = evaluate_predictions(yt, pt, choose_threshold(yv, pv, cfg.target_fpr), test_paths)
+            write_report(raw, art / "evaluation" / "uncalibrated", "test_uncalibrated")
+            mlflow.log_metrics({"temperature": temperature, "test_ece_uncalibrated": raw.metrics["ece"],
+                                "test_log_loss_uncalibrated": raw.metrics["log_loss"]})
+            pv, pt = apply_temperature(pv, temperature), apply_temperature(pt, temperature)
         threshold = choose_threshold(yv, pv, cfg.target_fpr)
         val_eval = evaluate_predictions(yv, pv, threshold)
-        yt, pt, test_paths = predict_split(model, make_dataset(index.paths("test"), index.labels("test"), **eval_common))
         test_eval = evaluate_predictions(yt, pt, threshold, test_paths)
         metrics = {f"test_{k}": v for k, v in test_eval.metrics.items()}
         metrics.update({f"best_val_{k}": v for k, v in val_eval.metrics.items()})
         mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
 
-        art = tmp / "artifacts"
         write_report(test_eval, art / "evaluation", "test")
         plot_learning_curves(history, art / "learning_curves.png")
         lines: list[str] = []
@@ -231,13 +240,13 @@ def train(
         mlflow.log_metric("bad_files", len(bad))
         mlflow.log_text("".join(f"{p}\t{r}\n" for p, r in bad), "data/bad_files.tsv")
 
-        _log_gradcam_gallery(model, test_eval, cfg, tmp)
+        _log_gradcam_gallery(model, test_eval, cfg, tmp, temperature)
 
         model_uri = None
         if log_model:
             keras_path = tmp / "model.keras"
             model.save(keras_path)
-            meta = {"arch": cfg.arch, "image_size": cfg.image_size, "threshold": threshold,
+            meta = {"arch": cfg.arch, "image_size": cfg.image_size, "threshold": threshold, "temperature": temperature,
                     "batch_size": cfg.batch_size, "backbone_weights": used_weights,
                     "dataset_fingerprint": index.fingerprint}
             example = Path(index.paths("test")[0]).read_bytes()
@@ -254,11 +263,11 @@ def train(
     return TrainResult(run_id, metrics, history, used_weights, model, model_uri)
 
 
-def _log_gradcam_gallery(model, test_eval, cfg: TrainConfig, tmp: Path) -> None:
+def _log_gradcam_gallery(model, test_eval, cfg: TrainConfig, tmp: Path, temperature: float = 1.0) -> None:
     """Grad-CAM gallery of test images and faithfulness scores (when dfk.explain is available)."""
     try:
         from dfk import explain
     except ImportError:
         return
     if cfg.gradcam_images > 0:
-        explain.log_run_explanations(model, test_eval, cfg, tmp / "gradcam")
+        explain.log_run_explanations(model, test_eval, cfg, tmp / "gradcam", temperature)

@@ -118,3 +118,29 @@ def test_nan_loss_fails_the_run_with_a_clear_message(tiny_data):
         train(tiny_config("cnn", tiny_data, epochs=3), callbacks=[Poison()])
     runs = mlflow.search_runs(experiment_names=["dfk"])
     assert list(runs.status) == ["FAILED"]
+
+
+def test_temperature_scaling_is_fitted_on_validation_and_served(tiny_data, jpeg_bytes):
+    from dfk.evaluation import apply_temperature, fit_temperature
+
+    # an over-confident model: the fitted temperature softens it
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    p = np.where(rng.random(400) < 0.7, y, 1 - y) * 0.98 + 0.01
+    t = fit_temperature(y, p)
+    assert t > 1.5
+    from dfk.evaluation import expected_calibration_error
+
+    assert expected_calibration_error(y, apply_temperature(p, t)) < expected_calibration_error(y, p)
+
+    result = train(tiny_config("cnn", tiny_data, calibrate="true", gradcam_images=0))
+    run = mlflow.get_run(result.run_id)
+    assert {"temperature", "test_ece_uncalibrated", "test_ece"} <= set(run.data.metrics)
+    assert "evaluation/uncalibrated/test_uncalibrated_reliability_diagram.png" in _artifacts(result.run_id)
+    model = mlflow.pyfunc.load_model(f"runs:/{result.run_id}/model")
+    served = model.predict(pd.DataFrame({"image": [jpeg_bytes]})).probability_fake[0]
+    from dfk.data.decode import decode_image
+
+    size = int(run.data.params["image_size"])
+    raw = float(np.asarray(result.model(decode_image(jpeg_bytes, size)[None].astype("float32"))).squeeze())
+    assert served == pytest.approx(float(apply_temperature([raw], run.data.metrics["temperature"])[0]), abs=1e-5)
