@@ -1,0 +1,87 @@
+"""Screenshots of a real `mlflow ui` for the README, taken with Debian's headless Chromium.
+
+Not part of CI. Needs `apt-get install chromium`. Point it at a store with finished runs
+(e.g. after `mlflow run .` or `dfk main`):
+
+    .venv/bin/python scripts/ui_screenshots.py --store sqlite:///mlflow.db --out docs/img
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--window-size=1440,900", "--virtual-time-budget=15000"]
+
+
+def shoot(url: str, path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        sys.exit("chromium not found: apt-get install chromium")
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={path}", url],
+                       check=True, capture_output=True, timeout=120)
+    print("wrote", path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--store", default="sqlite:///mlflow.db")
+    parser.add_argument("--experiment", default="dfk")
+    parser.add_argument("--out", default="docs/img")
+    args = parser.parse_args()
+
+    import mlflow
+
+    mlflow.set_tracking_uri(args.store)
+    exp = mlflow.get_experiment_by_name(args.experiment)
+    runs = mlflow.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED' and tags.arch != ''",
+                              order_by=["metrics.test_roc_auc DESC"], output_format="list")
+    runs = [r for r in runs if r.data.tags.get("sweep") != "parent"]
+    best = runs[0].info.run_id
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", args.store,
+                               "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        e = exp.experiment_id
+        ids = json.dumps([r.info.run_id for r in runs[:4]])
+        pages = {
+            "ui_runs.png": f"{base}/#/experiments/{e}",
+            "ui_run_overview.png": f"{base}/#/experiments/{e}/runs/{best}",
+            "ui_run_metrics.png": f"{base}/#/experiments/{e}/runs/{best}/model-metrics",
+            "ui_confusion_matrix.png": f"{base}/#/experiments/{e}/runs/{best}/artifacts/evaluation/test_confusion_matrix.png",
+            "ui_gradcam.png": f"{base}/#/experiments/{e}/runs/{best}/artifacts/gradcam/gradcam_gallery.png",
+            "ui_compare.png": f"{base}/#/compare-runs?runs={urllib.request.quote(ids)}&experiments={urllib.request.quote(json.dumps([e]))}",
+        }
+        for name, url in pages.items():
+            shoot(url, out / name)
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+if __name__ == "__main__":
+    main()
