@@ -69,7 +69,7 @@ def main() -> None:
         e = exp.experiment_id
         ids = json.dumps([r.info.run_id for r in runs[:4]])
         pages = {
-            "ui_runs.png": f"{base}/#/experiments/{e}",
+            "ui_runs.png": f"{base}/#/experiments/{e}/runs",
             "ui_run_overview.png": f"{base}/#/experiments/{e}/runs/{best}",
             "ui_run_metrics.png": f"{base}/#/experiments/{e}/runs/{best}/model-metrics",
             "ui_confusion_matrix.png": f"{base}/#/experiments/{e}/runs/{best}/artifacts/evaluation/test_confusion_matrix.png",
