@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,3 +38,19 @@ def test_mlflow_run_with_a_bad_parameter_fails_with_one_line(tmp_path):
     assert "dfk: error: data directory /no/such/dir does not exist" in out.stderr
     assert "Traceback" not in out.stderr.split("dfk: error")[0][-2000:]
     assert list(mlflow.search_runs(experiment_names=["entry"]).status) == ["FAILED"]
+
+
+@pytest.mark.slow
+def test_plain_mlflow_run_is_the_whole_job(tmp_path, tiny_data):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "--env-manager", "local",
+           "--experiment-name", "whole", "-P", f"data_dir={tiny_data}", "-P", "archs=cnn", "-P", "image_size=32",
+           "-P", "epochs=1", "-P", "perturb=jpeg:50"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "champion: models:/deepfake-detector@champion" in out.stdout
+    runs = mlflow.search_runs(experiment_names=["whole"], output_format="list")
+    parent = next(r for r in runs if r.data.tags.get("pipeline") == "main")
+    (child,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert child.data.tags["arch"] == "cnn" and child.info.status == "FINISHED"
