@@ -152,12 +152,12 @@ def save_gallery(images, heatmaps, probs, threshold: float, path: Path, titles: 
         img = np.uint8(np.clip(images[i], 0, 255))
         label = "fake" if probs[i] >= threshold else "real"
         extra = f" | {titles[i]}" if i < len(titles) and titles[i] else ""
+        verdict = f"p(fake)={probs[i]:.3f} -> {label}{extra}"
         for ax, pic, name in zip(axes[i], (img, heatmaps[i], overlay(img, heatmaps[i])),
-                                 ("original", "Grad-CAM", "overlay")):
+                                 (verdict, "Grad-CAM", "overlay")):
             ax.imshow(pic, cmap="jet" if pic.ndim == 2 else None, vmin=0, vmax=1 if pic.ndim == 2 else None)
             ax.set_axis_off()
-            ax.set_title(name, fontsize=8)
-        axes[i][0].set_title(f"p(fake)={probs[i]:.3f} -> {label}{extra}", fontsize=8, loc="left")
+            ax.set_title(name, fontsize=7 if name == verdict else 8, loc="left" if name == verdict else "center")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
