@@ -56,7 +56,9 @@ def throughput(arch: str, size: int, root: Path, steps: int, batch: int = 32) ->
         root / "Train", image_size=(size, size), batch_size=batch, label_mode="binary", verbose=False,
     ).map(lambda x, y: (tf.image.random_flip_left_right(x), y)).repeat().prefetch(tf.data.AUTOTUNE)
     out = {}
-    for name, ds in (("memory", memory), ("files", files), ("keras", kds)):
+    feeds = {"memory": memory, "files": files, "keras": kds}
+    for name in os.environ.get("DFK_BENCH_ORDER", "memory,files,keras").split(","):
+        ds = feeds[name]
         keras.utils.set_random_seed(0)
         model, _ = create_model(arch, size, weights="none")
         compile_model(model, 1e-4)
