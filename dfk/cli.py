@@ -257,10 +257,11 @@ def tune(
 
     base = TrainConfig.from_overrides(parse_overrides(param), arch=arch, data_dir=data_dir)
     _quiet_tensorflow()
+    from dfk.evaluation import lower_is_better
     from dfk.tuning import SweepSpec, tune as run_tune
 
     spec = SweepSpec(base=base, n_trials=n_trials, objective=objective,
-                     direction=direction or ("minimize" if "loss" in objective else "maximize"), pruner=pruner,
+                     direction=direction or ("minimize" if lower_is_better(objective) else "maximize"), pruner=pruner,
                      study_name=study_name or "", storage=storage or "", space_path=space, workers=workers,
                      experiment=experiment)
     r = run_tune(spec)

@@ -34,8 +34,9 @@ def compare_runs(experiment: str, metric: str = "test_roc_auc"):
     table = pd.DataFrame({header: runs[src] if src in runs else None for header, src in COLUMNS})
     table["run"] = table["run"].str[:8]
     table[metric] = runs[f"metrics.{metric}"].values
-    lower_is_better = any(k in metric for k in ("loss", "eer", "brier", "ece"))
-    table = table.sort_values(metric, ascending=lower_is_better, na_position="last").reset_index(drop=True)
+    from dfk.evaluation import lower_is_better
+
+    table = table.sort_values(metric, ascending=lower_is_better(metric), na_position="last").reset_index(drop=True)
     return table.loc[:, ~table.columns.duplicated()]
 
 

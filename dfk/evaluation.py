@@ -21,6 +21,11 @@ from dfk import LABELS
 CLASS_NAMES = [LABELS[0], LABELS[1]]  # index = label
 
 
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better (losses, error rates, calibration errors)."""
+    return any(k in metric for k in ("loss", "eer", "brier", "ece"))
+
+
 def _both_classes(y: np.ndarray) -> bool:
     return len(np.unique(y)) == 2
 

@@ -38,11 +38,12 @@ def best_run(experiment: str, metric: str = "test_roc_auc"):
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         raise UserError(f"experiment {experiment!r} does not exist; train a model first (dfk train)")
-    lower_is_better = any(k in metric for k in ("loss", "eer", "brier", "ece"))
+    from dfk.evaluation import lower_is_better
+
     runs = mlflow.search_runs(
         [exp.experiment_id],
         filter_string="attributes.status = 'FINISHED' and tags.model_uri LIKE 'runs:/%'",
-        order_by=[f"metrics.{metric} {'ASC' if lower_is_better else 'DESC'}", "metrics.test_log_loss ASC"],
+        order_by=[f"metrics.{metric} {'ASC' if lower_is_better(metric) else 'DESC'}", "metrics.test_log_loss ASC"],
         max_results=50,
         output_format="list",
     )
