@@ -221,6 +221,7 @@ def plot_learning_curves(history: dict[str, list[float]], path: str | Path) -> P
         ax.plot(epochs, history.get(key, []), "o-", label=f"train {key}")
         ax.plot(epochs, history.get(f"val_{key}", []), "o-", label=f"validation {key}")
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(key)
         ax.legend()
     return _save(fig, Path(path))

@@ -152,7 +152,7 @@ def save_gallery(images, heatmaps, probs, threshold: float, path: Path, titles: 
         img = np.uint8(np.clip(images[i], 0, 255))
         label = "fake" if probs[i] >= threshold else "real"
         extra = f" | {titles[i]}" if i < len(titles) and titles[i] else ""
-        verdict = f"p(fake)={probs[i]:.3f} -> {label}{extra}"
+        verdict = f"p(fake)={probs[i]:.3f} (threshold {threshold:.3f}) -> {label}{extra}"
         for ax, pic, name in zip(axes[i], (img, heatmaps[i], overlay(img, heatmaps[i])),
                                  (verdict, "Grad-CAM", "overlay")):
             ax.imshow(pic, cmap="jet" if pic.ndim == 2 else None, vmin=0, vmax=1 if pic.ndim == 2 else None)
