@@ -13,11 +13,8 @@ import base64
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,7 +44,7 @@ def main() -> None:
     from dfk.data.synth import SynthSpec, generate
     from dfk.registry import register_best
     from dfk.training import train
-    from tests.test_serving import _free_port, _post
+    from dfk.localserver import free_port, request, running, venv_tool
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -61,37 +58,25 @@ def main() -> None:
         model = mlflow.pyfunc.load_model("models:/deepfake-detector@champion")
         one, batch = pd.DataFrame({"image": images[:1]}), pd.DataFrame({"image": images})
         model.predict(batch)
-        port = _free_port()
-        env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-                                 "models:/deepfake-detector@champion", "--env-manager", "local", "-h", "127.0.0.1",
-                                 "-p", str(port), "-w", "2"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        port = free_port()
         base = f"http://127.0.0.1:{port}/invocations"
-        try:
-            for _ in range(240):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.5)
+        cmd = [venv_tool("mlflow"), "models", "serve", "-m", "models:/deepfake-detector@champion",
+               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "2"]
+        with running(cmd, f"http://127.0.0.1:{port}/ping", env=dict(os.environ, MLFLOW_TRACKING_URI=uri)):
             body1 = json.dumps({"inputs": {"image": [base64.b64encode(images[0]).decode()]}}).encode()
             body32 = json.dumps({"inputs": {"image": [base64.b64encode(b).decode() for b in images]}}).encode()
             for _ in range(5):
-                _post(base, body1)
-                _post(base, body32)
+                request(base, body1)
+                request(base, body32)
             n = 100
             inproc1 = _time(lambda: model.predict(one), n)
-            http1 = _time(lambda: _post(base, body1), n)
+            http1 = _time(lambda: request(base, body1), n)
             inproc32 = _time(lambda: model.predict(batch), 10)
-            http32 = _time(lambda: _post(base, body32), 10)
+            http32 = _time(lambda: request(base, body32), 10)
             t = time.perf_counter()
             with ThreadPoolExecutor(4) as pool:
-                list(pool.map(lambda _: _post(base, body1), range(200)))
+                list(pool.map(lambda _: request(base, body1), range(200)))
             rps = 200 / (time.perf_counter() - t)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
 
     med = statistics.median
     rows = [

@@ -19,9 +19,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--size", type=int, default=48)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--train", type=int, default=300, help="training images per class")
+    parser.add_argument("--validation", type=int, default=60, help="validation images per class")
     args = parser.parse_args()
 
     import mlflow
@@ -36,7 +38,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
-        data = generate(SynthSpec(train=100, validation=30, test=30, image_size=args.size), tmp / "d")
+        data = generate(SynthSpec(train=args.train, validation=args.validation, test=30, image_size=args.size), tmp / "d")
         base = TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(data), image_size=args.size, epochs=args.epochs,
                                                patience=args.epochs, weights="none", gradcam_images=0))
         for pruner in ("none", "median"):
@@ -51,7 +53,7 @@ def main() -> None:
     lines = [
         "## Tuning with and without pruning (`python -m bench.tuning`)",
         "",
-        f"`cnn` at {args.size} px on a built-in set (100/30/30 per class), {args.trials} TPE trials (seed 42), "
+        f"`cnn` at {args.size} px on a built-in set ({args.train}/{args.validation}/30 per class), {args.trials} TPE trials (seed 42), "
         f"up to {args.epochs} epochs each, objective `val_auc` (best epoch of each trial).",
         "",
         "| pruner | epochs trained | best val_auc | trial states | wall time (s) |",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Callable, List, Optional
 
@@ -67,7 +66,6 @@ def _quiet_tensorflow() -> None:
     for message in (
         "The specified dataset source can be interpreted in multiple ways",  # a local folder is a local folder
         "Hint: Inferred schema contains integer column",  # the dataset's label column is never missing
-        ".*Add type hints to the `predict` method",  # the signature is given explicitly
         "`shuffle=True` was passed",
         "Your input ran out of data",  # Keras learns the epoch length of a filtered tf.data stream
     ):
@@ -483,10 +481,7 @@ def gradcam_cmd(
         if not names:
             continue
         h, p = gradcam(detector.model, x, fn=fn)
-        if detector.temperature != 1.0:  # report what the served model reports
-            from dfk.evaluation import apply_temperature
-
-            p = apply_temperature(p, detector.temperature)
+        p = detector.calibrated(p)  # report what the served model reports
         for f, img, hm, prob in zip(names, x, h, p):
             name, k = f"{f.stem}_gradcam.png", 1
             while name in used:
@@ -504,6 +499,26 @@ def gradcam_cmd(
     save_gallery(np.stack(imgs), np.stack(heats), np.array(probs), detector.threshold, out / "gallery.png", titles)
     skipped = batches.skipped
     typer.echo(f"wrote {written} overlays and {out / 'gallery.png'}" + (f"; skipped {skipped}" if skipped else ""))
+
+
+# ----------------------------------------------------------------------------- web app
+@app.command("app")
+@user_errors
+def app_cmd(
+    model: Annotated[str, typer.Argument(help="runs:/RUN/model, models:/NAME@ALIAS or a local model folder.")] = "models:/deepfake-detector@champion",
+    port: Annotated[int, typer.Option(help="Port on the host.")] = 8000,
+    host: Annotated[str, typer.Option(help="Interface to listen on; the default keeps the app on this machine.")] = "127.0.0.1",
+    mlflow_ui: Annotated[Optional[str], typer.Option("--mlflow-ui", help="MLflow UI address for run links (default: the tracking URI when it is http).")] = None,
+    max_mb: Annotated[float, typer.Option(min=0.001, help="Largest upload in MB.")] = 20.0,
+    max_files: Annotated[int, typer.Option(min=1, help="Most images the page accepts at a time.")] = 12,
+    layer: Annotated[Optional[str], typer.Option(help="Grad-CAM target layer (default: the last convolutional map).")] = None,
+) -> None:
+    """Web page on HOST:PORT: drop images, get p(fake), the verdict and a Grad-CAM overlay."""
+    _quiet_tensorflow()
+    from dfk.webapp import Limits, serve
+
+    serve(model, host=host, port=port, ui_url=mlflow_ui,
+          limits=Limits(max_bytes=int(max_mb * 2**20), max_files=max_files), layer=layer)
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m dfk`

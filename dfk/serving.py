@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,11 @@ def _looks_base64(raw: bytes) -> bool:
     return len(text) % 4 == 0 and all(c.isalnum() or c in "+/=\n\r" for c in text)
 
 
+# MLflow suggests type hints on ``predict`` for schema inference; dfk logs an explicit signature
+# instead. Installed here, after MLflow's import (which puts a catch-all "once" filter first).
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method", category=UserWarning)
+
+
 class DeepfakeDetector(mlflow.pyfunc.PythonModel):
     """Image bytes in, ``probability_fake`` and ``label`` out."""
 
@@ -78,6 +84,7 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
 
         self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
         meta = json.loads(Path(context.artifacts[META_ARTIFACT]).read_text())
+        self.arch = str(meta.get("arch", ""))
         self.image_size = int(meta["image_size"])
         self.threshold = float(meta["threshold"])
         self.temperature = float(meta.get("temperature", 1.0))
@@ -98,7 +105,11 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         # costs more than the model itself for the few images a request carries.
         chunks = [np.asarray(self.model(batch[i:i + self.batch_size], training=False)).reshape(-1)
                   for i in range(0, len(batch), self.batch_size)]
-        probs = np.concatenate(chunks).astype(np.float64) if chunks else np.zeros(0)
+        return self.calibrated(np.concatenate(chunks) if chunks else np.zeros(0))
+
+    def calibrated(self, raw: np.ndarray) -> np.ndarray:
+        """The served probability for the Keras model's raw sigmoid output (temperature applied)."""
+        probs = np.asarray(raw, np.float64).reshape(-1)
         if self.temperature != 1.0:
             from dfk.evaluation import apply_temperature
 

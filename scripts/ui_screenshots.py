@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
+
+from dfk.localserver import free_port, running, venv_tool
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -50,22 +49,12 @@ def main() -> None:
                               order_by=["metrics.test_roc_auc DESC"], output_format="list")
     runs = [r for r in runs if r.data.tags.get("sweep") != "parent"]
     best = runs[0].info.run_id
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri", args.store,
-                               "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
+    cmd = [venv_tool("mlflow"), "ui", "--backend-store-uri", args.store, "--host", "127.0.0.1", "--port", str(port)]
+    with running(cmd, f"{base}/health"):
         e = exp.experiment_id
         ids = json.dumps([r.info.run_id for r in runs[:4]])
         pages = {
@@ -78,9 +67,6 @@ def main() -> None:
         }
         for name, url in pages.items():
             shoot(url, out / name)
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
 
 
 if __name__ == "__main__":

@@ -54,3 +54,27 @@ def trained_model(tmp_path_factory, tiny_data) -> Path:
                                           epochs=1, weights="none", gradcam_images=0))
     result = train(cfg, experiment="fixture")
     return Path(mlflow.artifacts.download_artifacts(f"runs:/{result.run_id}/model", dst_path=str(d / "model")))
+
+
+@pytest.fixture(scope="session")
+def champion(tmp_path_factory, tiny_data) -> str:
+    """A tracking store whose ``models:/deepfake-detector@champion`` is a tiny trained cnn; its URI."""
+    import mlflow
+
+    from dfk.config import TrainConfig
+    from dfk.registry import promote, register_best
+    from dfk.training import train
+
+    d = tmp_path_factory.mktemp("champion")
+    uri = f"sqlite:///{d}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        cfg = TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(tiny_data), image_size=32, batch_size=8,
+                                              epochs=1, weights="none", gradcam_images=0))
+        train(cfg, experiment="serve")
+        register_best("serve")
+        promote(data_dir=tiny_data)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return uri

@@ -4,14 +4,8 @@ import base64
 import io
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -19,66 +13,21 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dfk.config import TrainConfig
-from dfk.registry import promote, register_best
-from dfk.training import train
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+from dfk.localserver import free_port, request as _post, running, venv_tool
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_data):
-    """Train, register, promote, then serve models:/deepfake-detector@champion on a free port."""
-    d = tmp_path_factory.mktemp("serve")
-    uri = f"sqlite:///{d}/mlflow.db"
-    mlflow.set_tracking_uri(uri)
-    cfg = TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(tiny_data), image_size=32, batch_size=8, epochs=1,
-                                          weights="none", gradcam_images=0))
-    train(cfg, experiment="serve")
-    register_best("serve")
-    promote(data_dir=tiny_data)
-    port = _free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", "models:/deepfake-detector@champion",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=d,
-    )
+def server(tmp_path_factory, champion):
+    """``mlflow models serve`` of models:/deepfake-detector@champion on a free port."""
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(240):
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(proc.stderr.read().decode()[-3000:])
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("server did not start")
+    cmd = [venv_tool("mlflow"), "models", "serve", "-m", "models:/deepfake-detector@champion",
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "2"]
+    with running(cmd, f"{base}/ping", env=dict(os.environ, MLFLOW_TRACKING_URI=champion),
+                 cwd=tmp_path_factory.mktemp("serve"), timeout=120):
+        mlflow.set_tracking_uri(champion)
         model = mlflow.pyfunc.load_model("models:/deepfake-detector@champion")
-        yield base, model, uri
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", ""))
+        yield base, model, champion
 
 
 def _jpegs(tiny_data, n=3):

@@ -29,6 +29,10 @@ class BadImage(ValueError):
     """Bytes that are not a usable image; the message says why."""
 
 
+class ImageTooLarge(BadImage):
+    """An image whose header declares more pixels than :data:`MAX_PIXELS`."""
+
+
 def open_image(data: bytes) -> Image.Image:
     """Open (header only) and check the pixel count before anything is decoded."""
     if not data:
@@ -39,7 +43,7 @@ def open_image(data: bytes) -> Image.Image:
         raise BadImage(f"not an image ({type(exc).__name__})") from None
     w, h = im.size
     if w * h > MAX_PIXELS:
-        raise BadImage(f"{w}x{h} pixels exceeds the {MAX_PIXELS // 1_000_000} Mpx limit (decompression bomb?)")
+        raise ImageTooLarge(f"{w}x{h} pixels exceeds the {MAX_PIXELS // 1_000_000} Mpx limit (decompression bomb?)")
     if w < 1 or h < 1:
         raise BadImage("image has no pixels")
     return im
@@ -90,6 +94,21 @@ def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
         im.draft("RGB", (size, size))
     arr = to_rgb_array(im)
     return resize(arr, size) if size is not None else arr
+
+
+def decode_for_display(data: bytes, max_side: int) -> np.ndarray:
+    """Bytes -> uint8 RGB array whose longer side is at most ``max_side``, aspect kept."""
+    im = open_image(data)
+    if im.format == "JPEG":
+        im.draft("RGB", (max_side, max_side))
+    arr = to_rgb_array(im)
+    h, w = arr.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return arr
+    import cv2
+
+    return cv2.resize(arr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
 def read_image(path: str, size: int | None = None) -> np.ndarray:

@@ -1,0 +1,89 @@
+"""Start a server on 127.0.0.1 for a test, a benchmark or a screenshot, and talk JSON to it.
+
+One place for "pick a free port, start the process, wait until it answers, stop it however the
+block ends", shared by the serving and web-app tests, their benchmarks and the UI screenshots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator, Sequence
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def venv_tool(name: str) -> str:
+    """A console script installed beside the running interpreter (mlflow, dfk)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def request(url: str, body: bytes | None = None, content_type: str = "application/json",
+            timeout: float = 60) -> tuple[int, dict]:
+    """GET (no body) or POST; returns the status and the decoded JSON body, errors included."""
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type} if body is not None else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        raw = e.read()
+        try:
+            return e.code, json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return e.code, {"raw": raw.decode(errors="replace")}
+
+
+@contextlib.contextmanager
+def running(cmd: Sequence[str], ready_url: str, env: dict | None = None, cwd: str | os.PathLike | None = None,
+            timeout: float = 180) -> Iterator[subprocess.Popen]:
+    """Run ``cmd`` until ``ready_url`` answers 200; stop it when the block ends, however it ends."""
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server never blocks on a full pipe
+    proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}: {log.read().decode(errors='replace')[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{ready_url} did not answer within {timeout:.0f} s")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -1,0 +1,285 @@
+"""`dfk app`: the real app on a free port with a tiny champion, over HTTP and in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import threading
+import time
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from dfk.cli import app as cli
+from dfk.localserver import free_port, port_is_free, request, running, venv_tool
+from tests.browser import chromium, require_browser
+
+UI = "http://127.0.0.1:5000"
+MAX_MB = 1  # small, so the too-large test sends little
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, champion):
+    """``dfk app`` on the champion, with run links to an MLflow UI address."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [venv_tool("dfk"), "app", "--port", str(port), "--mlflow-ui", UI, "--max-mb", str(MAX_MB)]
+    with running(cmd, f"{base}/healthz", env=dict(os.environ, MLFLOW_TRACKING_URI=champion),
+                 cwd=tmp_path_factory.mktemp("app"), timeout=120):
+        yield base
+
+
+def _jpeg(tiny_data, kind="Fake", i=0):
+    return sorted((tiny_data / "Test" / kind).glob("*.jpg"))[i]
+
+
+def _png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _post(base: str, body: bytes):
+    return request(f"{base}/api/predict", body, "application/octet-stream")
+
+
+def _in_process(champion, data: bytes) -> float:
+    mlflow.set_tracking_uri(champion)
+    model = mlflow.pyfunc.load_model("models:/deepfake-detector@champion")
+    return float(model.predict(pd.DataFrame({"image": [data]})).probability_fake[0])
+
+
+def _overlay_size(result: dict) -> tuple[int, int]:
+    head, b64 = result["overlay"].split(",", 1)
+    assert head == "data:image/png;base64"
+    return Image.open(io.BytesIO(base64.b64decode(b64))).size
+
+
+# ----------------------------------------------------------------------------- HTTP
+def test_model_info_names_the_registered_version_and_links_the_run(served, champion):
+    status, info = request(f"{served}/api/model")
+    assert status == 200
+    assert (info["name"], info["alias"], info["version"], info["arch"]) == ("deepfake-detector", "champion", "1", "cnn")
+    assert "champion" in info["aliases"] and info["image_size"] == 32
+    run = mlflow.MlflowClient(champion).get_run(info["run_id"])
+    assert info["run_url"] == f"{UI}/#/experiments/{run.info.experiment_id}/runs/{info['run_id']}"
+    assert 0 < info["threshold"] < 1 and info["limits"]["max_bytes"] == MAX_MB * 2**20
+
+
+def test_verdict_is_the_served_probability_with_an_overlay(served, champion, tiny_data):
+    data = _jpeg(tiny_data).read_bytes()
+    status, r = _post(served, data)
+    assert status == 200, r
+    assert r["probability_fake"] == pytest.approx(_in_process(champion, data), abs=1e-5)
+    assert r["label"] == ("fake" if r["probability_fake"] >= r["threshold"] else "real")
+    assert _overlay_size(r) == (64, 64) == (r["width"], r["height"])  # the upload's own size
+
+
+def test_overlay_keeps_the_aspect_and_is_at_most_512_px(served):
+    status, r = _post(served, _png(900, 300))
+    assert status == 200, r
+    assert _overlay_size(r) == (512, 171)
+
+
+def _bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (8000, 8000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("body, status, fragment", [
+    (b"just some text, not a picture", 400, "not a usable image"),
+    (b"", 400, "empty file"),
+    (b"\xff\xd8\xff\xe0" + bytes(MAX_MB * 2**20), 413, f"larger than the {MAX_MB} MB limit"),
+    (_bomb(), 413, "8000x8000 pixels exceeds"),
+], ids=["text", "empty", "too-many-bytes", "too-many-pixels"])
+def test_bad_uploads_get_a_clear_4xx_and_the_app_keeps_serving(served, tiny_data, body, status, fragment):
+    got, r = _post(served, body)
+    assert got == status and fragment in r["error"], r
+    assert "Traceback" not in r["error"]
+    assert _post(served, _jpeg(tiny_data).read_bytes())[0] == 200
+
+
+def test_truncated_jpeg_is_a_400(served, tiny_data):
+    data = _jpeg(tiny_data).read_bytes()
+    got, r = _post(served, data[: len(data) // 3])
+    assert got == 400 and "not a usable image" in r["error"], r
+
+
+def test_a_full_waiting_room_answers_429_and_recovers(champion, tiny_data):
+    import uvicorn
+
+    from dfk.serving import load_detector
+    from dfk.webapp import Limits, create_app, describe_model
+
+    mlflow.set_tracking_uri(champion)
+    uri = "models:/deepfake-detector@champion"
+    detector = load_detector(uri)
+    app = create_app(detector, describe_model(uri, detector), Limits(max_waiting=1))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    data = _jpeg(tiny_data).read_bytes()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        first: list = []
+        with app.state.explainer.lock:  # the model is busy with someone else's image
+            worker = threading.Thread(target=lambda: first.append(_post(base, data)))
+            worker.start()
+            deadline = time.monotonic() + 30
+            while not app.state.waiting.locked() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            status, r = _post(base, data)
+            assert status == 429 and "busy" in r["error"]
+        worker.join(30)
+        assert first and first[0][0] == 200
+        assert _post(base, data)[0] == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_cli_errors_are_one_line_and_exit_2(champion, monkeypatch):
+    runner = CliRunner()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", champion)
+    r = runner.invoke(cli, ["app", "models:/no-such-model@champion", "--port", str(free_port())])
+    assert r.exit_code == 2 and "cannot load model" in r.output and "Traceback" not in r.output
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        assert not port_is_free("127.0.0.1", busy)
+        r = runner.invoke(cli, ["app", "--port", str(busy)])
+    assert r.exit_code == 2 and "already in use" in r.output
+
+
+# ----------------------------------------------------------------------------- browser
+@pytest.fixture
+def page(served):
+    require_browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    with chromium() as driver:
+        driver.get(served)
+        WebDriverWait(driver, 30).until(lambda d: d.find_element(By.ID, "model-info").get_attribute("data-loaded"))
+        yield driver
+
+
+def _upload(driver, *paths, timeout=60):
+    """Choose files in the page's file input and wait for the page to report it has checked them."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    before = len(driver.find_elements(By.CSS_SELECTOR, "li.result"))
+    driver.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in paths))
+    WebDriverWait(driver, timeout).until(lambda d: d.find_element(By.ID, "status").text.startswith("Checked")
+                                         and len(d.find_elements(By.CSS_SELECTOR, "li.result")) == before + len(paths)
+                                         and d.find_element(By.ID, "files").is_enabled())
+    return driver.find_elements(By.CSS_SELECTOR, "li.result")[: len(paths)]  # newest first
+
+
+def test_page_shows_probability_and_overlay_then_an_error_and_keeps_working(page, served, tiny_data, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    info = page.find_element(By.ID, "model-info").text
+    assert "deepfake-detector" in info and "champion" in info and "cnn" in info
+    link = page.find_element(By.CSS_SELECTOR, "#model-info a")
+    assert link.get_attribute("href").startswith(f"{UI}/#/experiments/")
+
+    jpeg = _jpeg(tiny_data)
+    (card,) = _upload(page, jpeg)
+    _, expected = _post(served, jpeg.read_bytes())
+    assert float(card.get_attribute("data-probability")) == pytest.approx(expected["probability_fake"], abs=1e-6)
+    assert card.find_element(By.CSS_SELECTOR, ".prob").text == f"{100 * expected['probability_fake']:.1f}%"
+    assert card.find_element(By.CSS_SELECTOR, ".badge").text == expected["label"].upper()
+    assert f"threshold {100 * expected['threshold']:.1f}%" in card.text
+    overlay = card.find_element(By.CSS_SELECTOR, "img.overlay")
+    WebDriverWait(page, 10).until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay))
+    assert page.execute_script("return arguments[0].naturalWidth", overlay) == 64
+
+    text = tmp_path / "notes.txt"
+    text.write_text("this is not an image")
+    (bad,) = _upload(page, text)
+    assert "notes.txt: not a usable image" in bad.find_element(By.CSS_SELECTOR, ".verdict.error").text
+    assert "Traceback" not in page.page_source
+
+    (again,) = _upload(page, _jpeg(tiny_data, "Real"))
+    assert again.get_attribute("data-label") in ("fake", "real") and not again.get_attribute("data-error")
+    assert request(f"{served}/healthz")[0] == 200
+
+
+def test_too_many_files_at_once_get_a_message_and_nothing_is_sent(page, tiny_data):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    files = sorted((tiny_data / "Train").rglob("*.jpg"))[:13]
+    page.find_element(By.ID, "files").send_keys("\n".join(map(str, files)))
+    WebDriverWait(page, 10).until(lambda d: d.find_element(By.ID, "alert").text)
+    assert "You chose 13 files; at most 12" in page.find_element(By.ID, "alert").text
+    assert not page.find_elements(By.CSS_SELECTOR, "li.result")
+
+
+_CONTRAST = """
+const lum = (c) => { const [r, g, b] = c.match(/[\\d.]+/g).slice(0, 3).map(Number).map((v) => {
+  v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+const ratio = (fg, bg) => { const [a, b] = [lum(fg), lum(bg)].sort((x, y) => y - x); return (a + 0.05) / (b + 0.05); };
+const bgOf = (el) => { for (; el; el = el.parentElement) { const c = getComputedStyle(el).backgroundColor;
+  if (c !== "rgba(0, 0, 0, 0)" && c !== "transparent") return c; } return "rgb(255, 255, 255)"; };
+return [...document.querySelectorAll(arguments[0])].map((el) => ratio(getComputedStyle(el).color, bgOf(el)));
+"""
+
+_WATCH_BUSY = """
+window.seen = {busy: false, disabled: false, ariaBusy: false};
+new MutationObserver(() => {
+  seen.busy ||= document.getElementById("status").classList.contains("busy");
+  seen.disabled ||= document.getElementById("files").disabled;
+  seen.ariaBusy ||= document.getElementById("results").getAttribute("aria-busy") === "true";
+}).observe(document.body, {attributes: true, subtree: true, childList: true});
+"""
+
+
+def test_page_is_usable_by_keyboard_at_phone_width_with_readable_contrast_and_a_busy_state(page, tiny_data):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                         {"width": 375, "height": 812, "deviceScaleFactor": 2, "mobile": True})
+    page.refresh()
+    WebDriverWait(page, 30).until(lambda d: d.find_element(By.ID, "model-info").get_attribute("data-loaded"))
+    page.execute_script(_WATCH_BUSY)
+    (card,) = _upload(page, _jpeg(tiny_data))
+    assert page.execute_script("return seen") == {"busy": True, "disabled": True, "ariaBusy": True}
+    assert "busy" not in page.find_element(By.ID, "status").get_attribute("class")
+
+    # Phone width: nothing wider than the screen; the two pictures stack.
+    assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    original, overlay = card.find_elements(By.CSS_SELECTOR, "figure")
+    assert overlay.rect["y"] >= original.rect["y"] + original.rect["height"]
+
+    # Keyboard: Tab from the top of the page reaches the file chooser, and focus is visible there.
+    page.execute_script("document.activeElement.blur(); window.scrollTo(0, 0)")
+    for _ in range(10):
+        ActionChains(page).send_keys(Keys.TAB).perform()
+        if page.switch_to.active_element.get_attribute("id") == "files":
+            break
+    assert page.switch_to.active_element.get_attribute("id") == "files"
+    assert page.execute_script("return getComputedStyle(document.activeElement).outlineStyle") != "none"
+
+    # Contrast (WCAG AA, 4.5:1) of body text, labels, captions, badges and the verdict.
+    ratios = page.execute_script(_CONTRAST, "h1, .lead, dt, dd, figcaption, .badge, .prob, .verdict span, #status")
+    assert ratios and min(ratios) >= 4.5, ratios
