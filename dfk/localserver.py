@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,7 +63,10 @@ def running(cmd: Sequence[str], ready_url: str, env: dict | None = None, cwd: st
     env = dict(os.environ if env is None else env)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server never blocks on a full pipe
-    proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
+    # A session of its own, so stopping it also stops what it started (`mlflow run` runs the
+    # entry point as a child; servers fork workers).
+    proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log,
+                            start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -80,10 +84,17 @@ def running(cmd: Sequence[str], ready_url: str, env: dict | None = None, cwd: st
             time.sleep(0.5)
         yield proc
     finally:
-        proc.terminate()
+        _signal_group(proc, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal_group(proc, signal.SIGKILL)
             proc.wait()
         log.close()
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass

@@ -163,6 +163,28 @@ def test_cli_errors_are_one_line_and_exit_2(champion, monkeypatch):
     assert r.exit_code == 2 and "already in use" in r.output
 
 
+def test_mlflow_run_app_entry_point_serves_the_page(champion, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    port = free_port()
+    cmd = [venv_tool("mlflow"), "run", root, "-e", "app", "--env-manager", "local",
+           "-P", "model_uri=models:/deepfake-detector@champion", "-P", f"port={port}"]
+    with running(cmd, f"http://127.0.0.1:{port}/healthz", env=dict(os.environ, MLFLOW_TRACKING_URI=champion),
+                 cwd=tmp_path, timeout=180):
+        status, info = request(f"http://127.0.0.1:{port}/api/model")
+        assert status == 200 and info["alias"] == "champion"
+    deadline = time.monotonic() + 20  # stopping the run stops the app it started
+    while time.monotonic() < deadline and request_ok(f"http://127.0.0.1:{port}/healthz"):
+        time.sleep(0.5)
+    assert not request_ok(f"http://127.0.0.1:{port}/healthz")
+
+
+def request_ok(url: str) -> bool:
+    try:
+        return request(url, timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
 # ----------------------------------------------------------------------------- browser
 @pytest.fixture
 def page(served):
