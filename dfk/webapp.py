@@ -168,6 +168,8 @@ def create_app(detector, info: ModelInfo, limits: Limits = Limits(), layer: str 
     @app.post("/api/predict")
     async def predict(request: Request):
         mb = limits.max_bytes / 2**20
+        if request.headers.get("content-type", "").startswith("multipart/"):
+            return error(415, "send the image bytes as the request body (curl --data-binary @photo.jpg), not as a form")
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limits.max_bytes:
             return error(413, f"file is larger than the {mb:g} MB limit")

@@ -105,6 +105,14 @@ def test_bad_uploads_get_a_clear_4xx_and_the_app_keeps_serving(served, tiny_data
     assert _post(served, _jpeg(tiny_data).read_bytes())[0] == 200
 
 
+def test_a_form_upload_is_told_to_send_the_bytes(served, tiny_data):
+    boundary = "dfkboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + _jpeg(tiny_data).read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    got, r = request(f"{served}/api/predict", body, f"multipart/form-data; boundary={boundary}")
+    assert got == 415 and "--data-binary" in r["error"]
+
+
 def test_truncated_jpeg_is_a_400(served, tiny_data):
     data = _jpeg(tiny_data).read_bytes()
     got, r = _post(served, data[: len(data) // 3])
