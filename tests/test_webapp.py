@@ -250,6 +250,30 @@ def test_page_shows_probability_and_overlay_then_an_error_and_keeps_working(page
     assert request(f"{served}/healthz")[0] == 200
 
 
+_DROP = """
+const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+const dt = new DataTransfer();
+dt.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+const zone = document.getElementById("drop");
+zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: dt, bubbles: true, cancelable: true}));
+const highlighted = zone.classList.contains("over");
+zone.dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+return highlighted;
+"""
+
+
+def test_dropping_an_image_on_the_page_checks_it(page, tiny_data):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    highlighted = page.execute_script(_DROP, base64.b64encode(_jpeg(tiny_data).read_bytes()).decode())
+    assert highlighted
+    WebDriverWait(page, 60).until(lambda d: d.find_element(By.ID, "status").text.startswith("Checked 1 of 1"))
+    card = page.find_element(By.CSS_SELECTOR, "li.result")
+    assert card.find_element(By.TAG_NAME, "h2").text == "dropped.jpg"
+    assert card.get_attribute("data-label") in ("fake", "real")
+
+
 def test_too_many_files_at_once_get_a_message_and_nothing_is_sent(page, tiny_data):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
