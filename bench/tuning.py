@@ -19,11 +19,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--train", type=int, default=400, help="training images per class")
-    parser.add_argument("--validation", type=int, default=150, help="validation images per class")
+    parser.add_argument("--train", type=int, default=1000, help="training images per class")
+    parser.add_argument("--validation", type=int, default=400, help="validation images per class")
     args = parser.parse_args()
 
     import mlflow

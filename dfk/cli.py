@@ -231,6 +231,7 @@ def main_cmd(
     typer.echo(f"trained: {', '.join(f'{a} {rid}' for a, rid in r.run_ids.items())}")
     typer.echo(f"champion: {r.champion_uri} (version {r.champion_version}); robustness run {r.evaluation_run_id}")
     typer.echo(f"serve it: mlflow models serve -m {r.champion_uri} --env-manager local -p 5001")
+    typer.echo(f"see it:   dfk app {r.champion_uri}   (then open http://127.0.0.1:8000)")
 
 
 # ----------------------------------------------------------------------------- tuning
