@@ -168,16 +168,20 @@ def create_app(detector, info: ModelInfo, limits: Limits = Limits(), layer: str 
     @app.post("/api/predict")
     async def predict(request: Request):
         mb = limits.max_bytes / 2**20
+        body, size = bytearray(), 0
+        drain = 4 * limits.max_bytes  # read (and drop) this much of an oversized upload, then hang up
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limits.max_bytes:
+                body += chunk
+            elif size > drain:
+                break
+        # The body of a too-large upload is read and dropped rather than left unread: a client
+        # still sending when the server answers sees a broken pipe instead of the message.
+        if size > limits.max_bytes:
+            return error(413, f"file is larger than the {mb:g} MB limit")
         if request.headers.get("content-type", "").startswith("multipart/"):
             return error(415, "send the image bytes as the request body (curl --data-binary @photo.jpg), not as a form")
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limits.max_bytes:
-            return error(413, f"file is larger than the {mb:g} MB limit")
-        body = bytearray()
-        async for chunk in request.stream():  # stop reading as soon as the limit is passed
-            body += chunk
-            if len(body) > limits.max_bytes:
-                return error(413, f"file is larger than the {mb:g} MB limit")
         if not body:
             return error(400, "empty file: nothing to check")
         if waiting.locked():

@@ -96,8 +96,9 @@ def _bomb() -> bytes:
     (b"just some text, not a picture", 400, "not a usable image"),
     (b"", 400, "empty file"),
     (b"\xff\xd8\xff\xe0" + bytes(MAX_MB * 2**20), 413, f"larger than the {MAX_MB} MB limit"),
+    (bytes(3 * MAX_MB * 2**20), 413, f"larger than the {MAX_MB} MB limit"),
     (_bomb(), 413, "8000x8000 pixels exceeds"),
-], ids=["text", "empty", "too-many-bytes", "too-many-pixels"])
+], ids=["text", "empty", "just-over-the-byte-limit", "three-times-the-byte-limit", "too-many-pixels"])
 def test_bad_uploads_get_a_clear_4xx_and_the_app_keeps_serving(served, tiny_data, body, status, fragment):
     got, r = _post(served, body)
     assert got == status and fragment in r["error"], r
