@@ -99,6 +99,9 @@ def fit_temperature(y_true: Sequence[int], y_prob: Sequence[float]) -> float:
 
 
 def apply_temperature(y_prob: Sequence[float], temperature: float) -> np.ndarray:
+    """sigmoid(logit(p) / T); T = 1 (an uncalibrated model) leaves the probabilities as they are."""
+    if temperature == 1.0:
+        return np.asarray(y_prob, dtype=np.float64)
     return 1 / (1 + np.exp(-_logit(y_prob) / temperature))
 
 

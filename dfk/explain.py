@@ -229,10 +229,9 @@ def log_run_explanations(model, ev, cfg, out_dir: Path, temperature: float = 1.0
     if picks:
         images = np.stack([read_image(ev.paths[i], cfg.image_size) for i in picks]).astype(np.float32)
         heat, probs = gradcam(model, images, fn=fn)
-        if temperature != 1.0:  # the threshold lives on the calibrated scale
-            from dfk.evaluation import apply_temperature
+        from dfk.evaluation import apply_temperature
 
-            probs = apply_temperature(probs, temperature)
+        probs = apply_temperature(probs, temperature)  # the threshold lives on the calibrated scale
         titles = [f"true {'fake' if ev.y_true[i] else 'real'}, {Path(ev.paths[i]).name}" for i in picks]
         save_gallery(images, heat, probs, ev.threshold, out_dir / "gradcam_gallery.png", titles)
         mlflow.log_artifact(str(out_dir / "gradcam_gallery.png"), "gradcam")

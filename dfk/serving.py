@@ -107,12 +107,9 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
 
     def calibrated(self, raw: np.ndarray) -> np.ndarray:
         """The served probability for the Keras model's raw sigmoid output (temperature applied)."""
-        probs = np.asarray(raw, np.float64).reshape(-1)
-        if self.temperature != 1.0:
-            from dfk.evaluation import apply_temperature
+        from dfk.evaluation import apply_temperature
 
-            probs = apply_temperature(probs, self.temperature)
-        return probs
+        return apply_temperature(np.asarray(raw).reshape(-1), self.temperature)
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
