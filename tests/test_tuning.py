@@ -119,3 +119,64 @@ def test_ctrl_c_stops_cleanly_leaving_finished_trials_and_closed_runs(tiny_data,
     runs = mlflow.search_runs(experiment_names=["dfk-tune"], output_format="list")
     status = {r.data.tags.get("optuna_trial", "parent"): r.info.status for r in runs}
     assert status == {"parent": "KILLED", "0": "FINISHED", "1": "KILLED"}
+
+
+@pytest.mark.parametrize("direction, epochs, reported", [
+    ("maximize", [0.6, 0.55, float("nan"), 0.7, 0.65], [0.6, 0.6, float("nan"), 0.7, 0.7]),
+    ("minimize", [0.7, 0.9, 0.5, 0.6], [0.7, 0.7, 0.5, 0.5]),
+])
+def test_the_pruner_is_fed_each_trials_best_value_so_far(direction, epochs, reported):
+    from dfk.tuning import best_so_far_pruning
+
+    study = optuna.create_study(direction=direction, pruner=optuna.pruners.NopPruner())
+    trial = study.ask()
+    callback = best_so_far_pruning(trial, "val_auc", direction)
+    for epoch, value in enumerate(epochs):
+        callback.on_epoch_end(epoch, {"val_auc": value, "loss": 0.5})
+    got = [study.trials[0].intermediate_values[e] for e in range(len(epochs))]
+    assert got == pytest.approx(reported, nan_ok=True)
+
+
+def test_a_trial_behind_the_completed_trials_best_so_far_is_pruned():
+    # The completed trial peaked at 0.8 in epoch 1 and dipped to 0.6 in epoch 2, the first judged.
+    # Fed raw values, the pruner would keep a trial at 0.7 there (above 0.6); fed best-so-far values
+    # it stops it, since that trial would end below the completed one.
+    from dfk.tuning import best_so_far_pruning
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2))
+    done = study.ask()
+    callback = best_so_far_pruning(done, "val_auc", "maximize")
+    for epoch, value in enumerate([0.5, 0.8, 0.6]):
+        callback.on_epoch_end(epoch, {"val_auc": value})
+    study.tell(done, 0.8)
+    late = study.ask()
+    callback = best_so_far_pruning(late, "val_auc", "maximize")
+    callback.on_epoch_end(0, {"val_auc": 0.55})
+    callback.on_epoch_end(1, {"val_auc": 0.65})
+    with pytest.raises(optuna.TrialPruned, match="epoch 2"):
+        callback.on_epoch_end(2, {"val_auc": 0.7})
+
+
+def test_the_default_median_pruner_waits_for_three_trials_and_the_first_tenth_of_the_epochs():
+    from dfk.tuning import make_pruner
+
+    study = optuna.create_study(direction="maximize", pruner=make_pruner("median", epochs=20))
+
+    def run(curve):
+        """Feed one trial its curve; the epoch (step) it was stopped at, or None."""
+        trial = study.ask()
+        for step, value in enumerate(curve):
+            trial.report(value, step)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return step
+        study.tell(trial, max(curve))
+        return None
+
+    good, bad = [0.6 + 0.01 * e for e in range(20)], [0.5] * 20
+    assert run(bad) is None and run(good) is None  # one and two trials finished: nothing is judged
+    assert run(good) is None
+    # Three finished: a trial behind them is stopped at epoch 2 (steps 0 and 1 are the first tenth).
+    assert run(bad) == 2
+    assert run(good) is None
+    assert run([0.5, 0.5, 0.9] + [0.6] * 17) is None  # its best so far keeps it above the median
