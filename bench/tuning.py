@@ -35,7 +35,7 @@ def main() -> None:
     from bench.report import write_section
     from dfk.config import TrainConfig
     from dfk.data.synth import SynthSpec, builtin_dataset
-    from dfk.tuning import SweepSpec, make_pruner, tune
+    from dfk.tuning import PRUNERS, SweepSpec, make_pruner, tune
 
     pruners = args.pruners.split(",")
     rows, trials = {}, {}
@@ -75,14 +75,14 @@ def main() -> None:
     curves = [[t.intermediate_values[k] for k in sorted(t.intermediate_values)] for t in trials["none"]]
     lines += [
         "",
-        "Each pruner replayed on the curves of the no-pruner sweep: the same trials in the same order, so the "
+        "Each selectable pruner replayed on the curves of the no-pruner sweep: the same trials in the same order, so the "
         "difference is the pruner's alone, not the sampler's (in a real pruned sweep TPE learns from the pruned "
         "trials and proposes other ones).",
         "",
         "| pruner, replayed | epochs | epochs saved | best val_auc | difference | pruned trials |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for pruner in rows:
+    for pruner in PRUNERS:
         if pruner != "none":
             e, b, n = replay(curves, make_pruner(pruner, args.epochs))
             lines.append(f"| {PRUNER_NAMES.get(pruner, pruner)} | {e} | {1 - e / e0:.0%} | {b:.4f} | {b - b0:+.4f} | {n} |")
@@ -96,7 +96,8 @@ def replay(curves: list[list[float]], pruner) -> tuple[int, float, int]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="maximize", pruner=pruner)
+    # A fixed name: Hyperband assigns trials to brackets by hashing the study name with the trial number.
+    study = optuna.create_study(study_name="replay", direction="maximize", pruner=pruner)
     epochs = 0
     for curve in curves:
         trial = study.ask()

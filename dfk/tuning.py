@@ -153,20 +153,24 @@ def default_storage() -> str:
     return f"sqlite:///{Path('optuna.db').resolve()}"
 
 
-def make_pruner(name: str, epochs: int):
-    """The pruner ``name`` for trials of ``epochs`` epochs (their first phase; optuna's steps are epochs from 0)."""
-    import optuna
-
+def pruner_settings(name: str, epochs: int) -> dict[str, int]:
+    """The arguments of the pruner ``name`` for trials of ``epochs`` epochs (their first phase)."""
     if name == "median":
         # Three trials finish before any is judged (optuna's 5 would leave a quarter of a 20-trial
         # sweep unjudged). A model trained from scratch shows little in its first epochs (val AUC
         # near 0.5 whatever its settings), so the first tenth of the budget (at least one epoch) is
         # never judged; then a trial stops once its best so far is below the median of the finished
-        # trials at that epoch.
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(1, epochs // 10))
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner()  # brackets from 1 epoch to the longest finished trial
-    return optuna.pruners.NopPruner()
+        # trials at that epoch (optuna's steps are epochs, from 0).
+        return {"n_startup_trials": 3, "n_warmup_steps": max(1, epochs // 10)}
+    return {}  # hyperband: optuna's brackets, from 1 epoch to the longest finished trial
+
+
+def make_pruner(name: str, epochs: int):
+    import optuna
+
+    kinds = {"median": optuna.pruners.MedianPruner, "hyperband": optuna.pruners.HyperbandPruner,
+             "none": optuna.pruners.NopPruner}
+    return kinds[name](**pruner_settings(name, epochs))
 
 
 def open_study(spec: SweepSpec):
@@ -319,6 +323,8 @@ def tune(spec: SweepSpec) -> SweepResult:
         client.log_batch(pid, params=[mlflow.entities.Param(k, str(v)) for k, v in {
             "arch": spec.base.arch, "n_trials": spec.n_trials, "objective": spec.objective,
             "direction": spec.direction, "pruner": spec.pruner, "study_name": spec.study_name,
+            "pruner_settings": ", ".join(f"{k}={v}" for k, v in pruner_settings(spec.pruner, spec.base.epochs).items())
+                               or "optuna's defaults",
             "storage": _redact(spec.storage), "workers": spec.workers, "sampler": "TPE",
             "seed": spec.base.seed, "image_size": spec.base.image_size, "epochs": spec.base.epochs,
             "data_dir": spec.base.data_dir,

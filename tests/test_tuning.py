@@ -36,6 +36,7 @@ def test_a_sweep_is_a_parent_run_with_one_child_per_trial_and_resumes(tiny_data,
     assert all("val_auc" in c.data.metrics and "objective" in c.data.metrics for c in children)
     assert parent.data.metrics["best_value"] == pytest.approx(r.best_value)
     assert parent.data.params["best_learning_rate"] and parent.data.tags["best_run_id"] == r.best_run_id
+    assert parent.data.params["pruner_settings"] == "n_startup_trials=3, n_warmup_steps=1"
     files = {f.path for f in mlflow.MlflowClient().list_artifacts(r.parent_run_id)}
     plots = {f.path for f in mlflow.MlflowClient().list_artifacts(r.parent_run_id, "plots")}
     assert {"trials.csv", "best.json", "plots"} <= files
