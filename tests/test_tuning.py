@@ -181,3 +181,21 @@ def test_the_default_median_pruner_waits_for_three_trials_and_the_first_tenth_of
     assert run(bad) == 2
     assert run(good) is None
     assert run([0.5, 0.5, 0.9] + [0.6] * 17) is None  # its best so far keeps it above the median
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--pruner", "percentile"], "unknown pruner 'percentile'; choose from median, hyperband, none"),
+        (["--objective", "val_f2"], "unknown objective 'val_f2'"),
+        (["--direction", "up"], "direction must be maximize or minimize"),
+        (["--n-trials", "0"], "n_trials must be at least 1"),
+        (["--workers", "0"], "workers must be at least 1"),
+    ],
+)
+def test_bad_sweep_options_are_one_line_and_exit_2(tiny_data, tmp_path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["tune", "-d", str(tiny_data), *args])
+    assert result.exit_code == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "optuna.db").exists()
+    assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
