@@ -70,7 +70,7 @@ def main() -> None:
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for pruner, (e, b, states, secs) in rows.items():
-        lines.append(f"| {PRUNER_NAMES.get(pruner, pruner)} | {e} | {1 - e / e0:.0%} | {b:.4f} | {b - b0:+.4f} | "
+        lines.append(f"| {_label(pruner, args.epochs)} | {e} | {1 - e / e0:.0%} | {b:.4f} | {b - b0:+.4f} | "
                      f"{states} | {secs:.0f} |")
     curves = [[t.intermediate_values[k] for k in sorted(t.intermediate_values)] for t in trials["none"]]
     lines += [
@@ -85,7 +85,7 @@ def main() -> None:
     for pruner in PRUNERS:
         if pruner != "none":
             e, b, n = replay(curves, make_pruner(pruner, args.epochs))
-            lines.append(f"| {PRUNER_NAMES.get(pruner, pruner)} | {e} | {1 - e / e0:.0%} | {b:.4f} | {b - b0:+.4f} | {n} |")
+            lines.append(f"| {_label(pruner, args.epochs)} | {e} | {1 - e / e0:.0%} | {b:.4f} | {b - b0:+.4f} | {n} |")
     write_section("tuning", "\n".join(lines))
 
 
@@ -131,12 +131,14 @@ def _summary(trials: list) -> tuple[int, float, dict[str, int], float]:
     return epochs, max(values), states, secs
 
 
-#: How the table names each pruner (their settings are in dfk.tuning).
-PRUNER_NAMES = {
-    "none": "none",
-    "median": "median (default: 3 startup trials, first tenth of the epochs not judged)",
-    "hyperband": "hyperband (optuna's defaults: min 1 epoch, reduction factor 3)",
-}
+def _label(pruner: str, epochs: int) -> str:
+    """How the tables name a pruner: its name and the arguments dfk.tuning gives it."""
+    from dfk.tuning import SweepSpec, describe_pruner
+
+    if pruner == "none":
+        return pruner
+    default = "default, " if pruner == SweepSpec.__dataclass_fields__["pruner"].default else ""
+    return f"{pruner} ({default}{describe_pruner(pruner, epochs)})"
 
 
 if __name__ == "__main__":

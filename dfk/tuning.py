@@ -165,6 +165,11 @@ def pruner_settings(name: str, epochs: int) -> dict[str, int]:
     return {}  # hyperband: optuna's brackets, from 1 epoch to the longest finished trial
 
 
+def describe_pruner(name: str, epochs: int) -> str:
+    """``pruner_settings`` on one line, e.g. ``n_startup_trials=3, n_warmup_steps=2``."""
+    return ", ".join(f"{k}={v}" for k, v in pruner_settings(name, epochs).items()) or "optuna's defaults"
+
+
 def make_pruner(name: str, epochs: int):
     import optuna
 
@@ -323,8 +328,7 @@ def tune(spec: SweepSpec) -> SweepResult:
         client.log_batch(pid, params=[mlflow.entities.Param(k, str(v)) for k, v in {
             "arch": spec.base.arch, "n_trials": spec.n_trials, "objective": spec.objective,
             "direction": spec.direction, "pruner": spec.pruner, "study_name": spec.study_name,
-            "pruner_settings": ", ".join(f"{k}={v}" for k, v in pruner_settings(spec.pruner, spec.base.epochs).items())
-                               or "optuna's defaults",
+            "pruner_settings": describe_pruner(spec.pruner, spec.base.epochs),
             "storage": _redact(spec.storage), "workers": spec.workers, "sampler": "TPE",
             "seed": spec.base.seed, "image_size": spec.base.image_size, "epochs": spec.base.epochs,
             "data_dir": spec.base.data_dir,
