@@ -16,10 +16,10 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-## The main job: train ResNet50 on the built-in synthetic set, one finished run in ./mlflow.db + ./mlruns.
-DEMO_PARAMS ?= -P image_size=128 -P epochs=5
+## The main job on the built-in synthetic set: train, register, promote, check robustness
+## (./mlflow.db + ./mlruns), leaving models:/deepfake-detector@champion.
 demo: $(BIN)/.installed
-	$(BIN)/mlflow run . -e resnet --env-manager local --experiment-name dfk $(DEMO_PARAMS)
+	$(BIN)/mlflow run . --env-manager local --experiment-name dfk $(DEMO_PARAMS)
 	@echo "Open the MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  ->  http://127.0.0.1:5000"
 
 ## The default test suite (fast; under 15 minutes on 2 cores).

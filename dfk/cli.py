@@ -13,6 +13,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from dfk.errors import UserError
+from dfk.workflow import DEFAULT_ARCHS
 
 app = typer.Typer(
     name="dfk",
@@ -137,6 +138,12 @@ def data_synth(
     test: Annotated[Optional[int], typer.Option(help="Images per class in Test.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Side of the square images in pixels.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Generator seed; the same seed gives the same files.")] = None,
+    manipulations: Annotated[Optional[str], typer.Option(
+        help="Comma-separated kinds fakes draw from (splice, upsample, colour, double_jpeg); default: all.")] = None,
+    photos: Annotated[Optional[str], typer.Option(
+        help="Folder of photographs to crop reals (and splice donors) from; default: the built-in ones.")] = None,
+    shifted: Annotated[bool, typer.Option(
+        help="Forgery parameters the default set never uses (for cross-domain tests).")] = False,
 ) -> None:
     """Write the built-in synthetic forgery set (with manipulation masks) into OUT."""
     import dataclasses
@@ -145,7 +152,9 @@ def data_synth(
 
     from dfk.data.synth import SynthSpec, generate
 
-    given = dict(train=train, validation=validation, test=test, image_size=image_size, seed=seed)
+    kinds = tuple(m.strip() for m in manipulations.split(",") if m.strip()) if manipulations is not None else None
+    given = dict(train=train, validation=validation, test=test, image_size=image_size, seed=seed,
+                 manipulations=kinds, photos=photos, shifted=shifted or None)
     spec = dataclasses.replace(SynthSpec(), **{k: v for k, v in given.items() if v is not None})
     spec.validate()
     total = 2 * (spec.train + spec.validation + spec.test)
@@ -212,22 +221,21 @@ def _short(d: dict) -> str:
 def main_cmd(
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Image folder; default: the built-in set.")] = None,
     param: ParamOption = None,
-    archs: Annotated[str, typer.Option(help="Comma-separated architectures to train.")] = "cnn,resnet",
+    archs: Annotated[Optional[str], typer.Option(
+        help="Comma-separated architectures to train; arch:key=value overrides a parameter for one. "
+             "Default: " + DEFAULT_ARCHS)] = None,
     perturb: Annotated[str, typer.Option(help="Robustness check of the champion: default, all, none or a list.")] = "default",
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the training runs.")] = "dfk",
 ) -> None:
     """The whole job: train each arch, register the best, promote behind the gate, check robustness."""
     from dfk.config import TrainConfig
-    from dfk.models import get_spec
+    from dfk.workflow import parse_archs, run_main
 
-    names = [a.strip() for a in archs.split(",") if a.strip()]
-    for a in names:
-        get_spec(a)
     base = TrainConfig.from_overrides(parse_overrides(param), data_dir=data_dir)
+    archs = archs or DEFAULT_ARCHS
+    parse_archs(archs, base)  # bad entries fail here, before TensorFlow starts
     _quiet_tensorflow()
-    from dfk.workflow import run_main
-
-    r = run_main(base, names, experiment, perturb)
+    r = run_main(base, archs, experiment, perturb)
     typer.echo(f"trained: {', '.join(f'{a} {rid}' for a, rid in r.run_ids.items())}")
     typer.echo(f"champion: {r.champion_uri} (version {r.champion_version}); robustness run {r.evaluation_run_id}")
     typer.echo(f"serve it: mlflow models serve -m {r.champion_uri} --env-manager local -p 5001")

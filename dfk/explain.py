@@ -12,6 +12,7 @@ its target layer too, then applies the outer model's remaining layers in order.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +26,45 @@ BACKBONE = "backbone"
 
 
 # ----------------------------------------------------------------------------- gradient model
+#: The default target layer is the last whose map is at least this many cells a side at the
+#: trained size: a coarser map (ResNet50's last block is 2x2 at 64 px) cannot point at a region.
+MIN_GRID = 8
+
+#: Layers whose output is a feature map worth explaining (not inputs, pooling or preprocessing).
+_MAP_LAYERS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Activation", "ReLU", "Add", "BatchNormalization")
+
+
+def _feature_maps(layers) -> list[tuple[str, int]]:
+    """``(name, grid side)`` of the layers that produce 4-D feature maps, in order."""
+    out = []
+    for layer in layers:
+        if type(layer).__name__ not in _MAP_LAYERS:
+            continue
+        try:
+            shape = layer.output.shape
+        except (AttributeError, ValueError):  # a layer called more than once has no single output
+            continue
+        if len(shape) == 4 and shape[1]:
+            out.append((layer.name, int(min(shape[1], shape[2]))))
+    return out
+
+
 def default_layer(model) -> str | None:
-    """The Grad-CAM target of ``model``: None means the nested backbone's output."""
+    """The Grad-CAM target of ``model``: the last feature map of at least :data:`MIN_GRID` cells a
+    side (inside the nested backbone for transfer models), the last encoder block's tokens for a
+    transformer; None means the backbone's output (no map is fine enough)."""
     names = [layer.name for layer in model.layers]
     if BACKBONE in names:
-        return None
-    if "head_pool" in names:  # transformer: the tokens that enter the head's pooling
-        return _inbound_name(model.get_layer("head_pool"))
-    import keras
-
-    convs = [layer.name for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    if not convs:
+        maps = _feature_maps(model.get_layer(BACKBONE).layers)
+        fine = [name for name, grid in maps if grid >= MIN_GRID]
+        return fine[-1] if fine else None
+    if "head_pool" in names and len(model.get_layer("head_pool").input.shape) == 3:
+        return _inbound_name(model.get_layer("head_pool"))  # transformer: tokens that enter the head
+    maps = _feature_maps(model.layers)
+    if not maps:
         raise UserError(f"model {model.name} has no convolutional or token layer for Grad-CAM; name one with --layer")
-    return convs[-1]
+    fine = [name for name, grid in maps if grid >= MIN_GRID]
+    return fine[-1] if fine else maps[-1][0]
 
 
 def _inbound_name(layer) -> str:
@@ -62,6 +89,7 @@ def gradient_function(model, layer: str | None = None) -> Callable:
 
     if BACKBONE in names:
         backbone = model.get_layer(BACKBONE)
+        layer = layer or default_layer(model)
         try:
             target = backbone.output if layer is None else backbone.get_layer(layer).output
         except ValueError:
@@ -176,7 +204,17 @@ class Faithfulness:
     mask_energy: float  # mean share of heatmap mass inside the mask
     pointing_game_random: float  # the same for random heatmaps (the chance level)
     mask_energy_random: float
+    pointing_game_centre: float  # the same for a Gaussian at the image centre (the centre prior)
+    mask_energy_centre: float
     n: int
+
+    @property
+    def beats_baselines(self) -> bool:
+        """The heatmaps point at forged regions more often than the stronger of both baselines."""
+        return self.pointing_game > max(self.pointing_game_random, self.pointing_game_centre)
+
+    def metrics(self) -> dict[str, float]:
+        return {f"gradcam_{k}": float(v) for k, v in dataclasses.asdict(self).items() if k != "n"}
 
 
 def _random_heatmaps(rng: np.random.Generator, shape) -> np.ndarray:
@@ -186,6 +224,18 @@ def _random_heatmaps(rng: np.random.Generator, shape) -> np.ndarray:
     n, h, w = shape
     coarse = rng.random((n, 8, 8)).astype(np.float32)
     return np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in coarse])
+
+
+#: Width of the centre-prior heatmap, as a fraction of the image side.
+CENTRE_SIGMA = 0.25
+
+
+def _centre_heatmaps(shape) -> np.ndarray:
+    """A Gaussian at the image centre: what a heatmap scores by knowing only where forgeries tend to be."""
+    n, h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    g = np.exp(-(((yy - (h - 1) / 2) / (CENTRE_SIGMA * h)) ** 2 + ((xx - (w - 1) / 2) / (CENTRE_SIGMA * w)) ** 2) / 2)
+    return np.broadcast_to(g, (n, h, w))
 
 
 def score_against_masks(heatmaps: np.ndarray, masks: np.ndarray, seed: int = 0) -> Faithfulness:
@@ -198,7 +248,8 @@ def score_against_masks(heatmaps: np.ndarray, masks: np.ndarray, seed: int = 0) 
 
     pg, me = scores(heatmaps)
     pgr, mer = scores(_random_heatmaps(np.random.default_rng(seed), heatmaps.shape))
-    return Faithfulness(pg, me, pgr, mer, len(heatmaps))
+    pgc, mec = scores(_centre_heatmaps(heatmaps.shape))
+    return Faithfulness(pg, me, pgr, mer, pgc, mec, len(heatmaps))
 
 
 # ----------------------------------------------------------------------------- in a training run
@@ -248,7 +299,4 @@ def log_run_explanations(model, ev, cfg, out_dir: Path, temperature: float = 1.0
         masks += [np.asarray(Image.open(m).convert("L").resize((cfg.image_size, cfg.image_size), Image.NEAREST))
                   for _, m in chunk]
     f = score_against_masks(np.concatenate(heats), np.stack(masks), seed=cfg.seed)
-    mlflow.log_metrics({
-        "gradcam_pointing_game": f.pointing_game, "gradcam_mask_energy": f.mask_energy,
-        "gradcam_pointing_game_random": f.pointing_game_random, "gradcam_mask_energy_random": f.mask_energy_random,
-    })
+    mlflow.log_metrics(f.metrics())

@@ -10,16 +10,25 @@ import typing
 
 from dfk.config import TrainConfig, field_comments
 from dfk.models import list_models
+from dfk.workflow import DEFAULT_ARCHS
 
 #: TrainConfig fields every architecture entry point declares (the rest keep their defaults).
 ENTRY_PARAMS = (
-    "data_dir", "image_size", "batch_size", "epochs", "learning_rate", "patience", "weights",
+    "data_dir", "image_size", "batch_size", "epochs", "learning_rate", "patience", "warmup_epochs", "lr_patience",
+    "weights",
     "fine_tune_at", "fine_tune_lr", "fine_tune_epochs", "augment", "target_fpr", "seed",
 )
 
 
-def _mlflow_type(hint) -> str:
-    return "float" if hint in (int, float) else "string"
+#: How an MLproject parameter says "the config's own default" for a field whose default is None.
+AUTO = "auto"
+
+
+def _param(name: str, hints, defaults) -> str:
+    """``name: {type, default}`` for a TrainConfig field; None defaults become "auto" strings."""
+    default = defaults[name]
+    kind = "float" if hints[name] in (int, float) and default is not None else "string"
+    return f"{name}: {{type: {kind}, default: \"{AUTO if default is None else default}\"}}"
 
 
 def render() -> str:
@@ -38,16 +47,16 @@ def render() -> str:
         lines += [f"  {arch}:", "    parameters:"]
         for name in ENTRY_PARAMS:
             lines.append(f"      # {comments.get(name, '')}")
-            lines.append(f"      {name}: {{type: {_mlflow_type(hints[name])}, default: \"{defaults[name]}\"}}")
+            lines.append(f"      {_param(name, hints, defaults)}")
         args = " ".join(f"{n}={{{n}}}" for n in ENTRY_PARAMS)
         lines += [f"    command: \"python -m pipelines.train {arch} {args}\"", ""]
     lines += [
         "  main:",
         "    parameters:",
         "      data_dir: {type: string, default: \"builtin\"}",
-        "      # comma-separated architectures to train as child runs",
-        "      archs: {type: string, default: \"cnn,resnet\"}",
-        f"      image_size: {{type: float, default: \"{defaults['image_size']}\"}}",
+        "      # comma-separated architectures to train as child runs; arch:key=value overrides one's parameter",
+        f"      archs: {{type: string, default: \"{DEFAULT_ARCHS}\"}}",
+        f"      {_param('image_size', hints, defaults)}",
         f"      epochs: {{type: float, default: \"{defaults['epochs']}\"}}",
         "      # robustness check of the champion: default, all, none or e.g. jpeg:50,blur",
         "      perturb: {type: string, default: \"default\"}",
@@ -78,7 +87,7 @@ def render() -> str:
         "      space: {type: string, default: \"\"}",
         "      workers: {type: float, default: \"1\"}",
         f"      epochs: {{type: float, default: \"{defaults['epochs']}\"}}",
-        f"      image_size: {{type: float, default: \"{defaults['image_size']}\"}}",
+        f"      {_param('image_size', hints, defaults)}",
         "    command: \"python -m pipelines.tune {arch} {data_dir} {n_trials} {objective} {pruner} {workers} {epochs} "
         "{image_size} {study_name} {storage} {space}\"",
         "",

@@ -88,6 +88,35 @@ def _epoch_logger():
     return EpochLogger()
 
 
+def schedule_callbacks(cfg: TrainConfig) -> list:
+    """Early stopping and the learning-rate schedule, both silent during the warm-up.
+
+    Epochs count over the whole run (``fit`` starts a second phase at its ``initial_epoch``), so
+    a fine-tuning phase that starts after the warm-up is judged from its first epoch.
+    """
+    import keras
+
+    out = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True,
+                                         start_from_epoch=cfg.warmup_epochs)]
+    if cfg.lr_patience > 0:
+        out.append(_after_warmup(keras.callbacks.ReduceLROnPlateau, cfg.warmup_epochs)(
+            monitor="val_loss", factor=0.5, patience=cfg.lr_patience, min_lr=cfg.learning_rate / 32, verbose=1))
+    return out
+
+
+def _after_warmup(callback_cls, warmup: int):
+    """``callback_cls`` that ignores epochs before ``warmup`` (ReduceLROnPlateau has no
+    ``start_from_epoch`` of its own and would halve the rate while a model is still at chance)."""
+
+    class AfterWarmup(callback_cls):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch >= warmup:
+                super().on_epoch_end(epoch, logs)
+
+    AfterWarmup.__name__ = callback_cls.__name__
+    return AfterWarmup
+
+
 def predict_split(model, ds) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Labels, probabilities and paths of a ``with_paths`` dataset, in one pass over the files."""
     ys, ps, paths = [], [], []
@@ -178,11 +207,11 @@ def train(
                 str(best_path), monitor="val_loss", save_best_only=True, save_weights_only=True,
                 initial_value_threshold=best["val_loss"] if math.isfinite(best["val_loss"]) else None,
             )
-            stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
             print(f"[dfk] {phase}: epochs {first_epoch + 1}-{first_epoch + epochs}, learning rate {lr:g}", flush=True)
             h = model.fit(
                 train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
-                callbacks=[checkpoint, stop, keras.callbacks.TerminateOnNaN(), _epoch_logger(), *callbacks],
+                callbacks=[checkpoint, *schedule_callbacks(cfg), keras.callbacks.TerminateOnNaN(),
+                           _epoch_logger(), *callbacks],
                 verbose=2, shuffle=False,  # the tf.data stream shuffles itself every epoch
             )
             for k, v in h.history.items():

@@ -9,8 +9,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dfk.config import TrainConfig
+from dfk.errors import UserError
 
-DEFAULT_ARCHS = ("cnn", "resnet")
+#: What the whole job trains by default, as ``--archs`` / ``-P archs=`` spells it: ``arch`` or
+#: ``arch:key=value:...`` to override parameters for that architecture alone.
+DEFAULT_ARCHS = "srm,cnn,resnet:epochs=1"
+
+
+def parse_archs(archs: str, base: TrainConfig) -> list[TrainConfig]:
+    """One config per comma-separated entry of ``archs``; every bad entry fails before any run."""
+    configs = []
+    for entry in (e.strip() for e in archs.split(",")):
+        if not entry:
+            continue
+        arch, *pairs = entry.split(":")
+        overrides = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise UserError(f"archs entry {entry!r}: write overrides as arch:key=value[:key=value]")
+            overrides[key.strip()] = value.strip()
+        configs.append(base.replace(arch=arch.strip(), **overrides))
+    if not configs:
+        raise UserError("archs is empty; name at least one architecture (see `dfk models`)")
+    return configs
 
 
 @dataclass
@@ -23,7 +45,7 @@ class MainResult:
     evaluation_run_id: str
 
 
-def run_main(base: TrainConfig, archs=DEFAULT_ARCHS, experiment: str = "dfk", perturb: str = "default",
+def run_main(base: TrainConfig, archs: str = DEFAULT_ARCHS, experiment: str = "dfk", perturb: str = "default",
              model_name: str = "deepfake-detector", margin: float = 0.005) -> MainResult:
     import mlflow
 
@@ -33,7 +55,7 @@ def run_main(base: TrainConfig, archs=DEFAULT_ARCHS, experiment: str = "dfk", pe
     from dfk.training import load_index, resolve_data_dir, train
 
     perturbations = parse_perturbations(perturb)
-    configs = [base.replace(arch=a) for a in archs]  # every bad parameter fails before any run
+    configs = parse_archs(archs, base)  # every bad parameter fails before any run
     load_index(base)
     data_dir = resolve_data_dir(base)
     client = mlflow.MlflowClient()

@@ -46,7 +46,7 @@ def test_overlay_is_uint8_rgb_of_the_image_size():
 
 def test_faithfulness_scores_a_perfect_and_a_wrong_heatmap():
     masks = np.zeros((10, 32, 32), np.uint8)
-    masks[:, 8:16, 8:16] = 255
+    masks[:, 2:10, 4:12] = 255  # off-centre, as built-in forgeries may be
     right = (masks > 0).astype(np.float32)
     wrong = 1.0 - right
     good = score_against_masks(right, masks)
@@ -54,6 +54,30 @@ def test_faithfulness_scores_a_perfect_and_a_wrong_heatmap():
     assert good.pointing_game == 1.0 and good.mask_energy == 1.0
     assert bad.pointing_game == 0.0 and bad.mask_energy == 0.0
     assert 0 <= good.pointing_game_random <= 0.5 and 0.02 < good.mask_energy_random < 0.2
+    assert good.pointing_game_centre == 0.0 and good.beats_baselines and not bad.beats_baselines
+
+
+def test_centre_prior_baseline_points_at_centred_regions_and_is_the_bar_to_beat():
+    centred = np.zeros((6, 32, 32), np.uint8)
+    centred[:, 12:20, 12:20] = 255
+    f = score_against_masks(np.random.default_rng(0).random((6, 32, 32)).astype(np.float32), centred)
+    assert f.pointing_game_centre == 1.0 and f.mask_energy_centre > f.mask_energy_random
+    assert not f.beats_baselines  # a heatmap that points no better than "the centre" proves nothing
+    assert {"gradcam_pointing_game", "gradcam_pointing_game_centre", "gradcam_mask_energy_centre"} <= set(f.metrics())
+
+
+def test_builtin_forged_regions_are_spread_over_the_image():
+    from dfk.data.synth import SynthSpec, region_mask
+
+    rng = np.random.default_rng(0)
+    masks = np.stack([region_mask(rng, 64) for _ in range(300)])
+    centre_hit = masks[:, 31:33, 31:33].max(axis=(1, 2)).mean()
+    ys, xs = zip(*(np.argwhere(m > 0).mean(axis=0) for m in masks))
+    areas = masks.mean(axis=(1, 2))
+    # The centre prior points into fewer than half the regions, which sit anywhere and vary in size.
+    assert centre_hit < 0.5 and min(xs) < 16 and max(xs) > 48 and min(ys) < 16 and max(ys) > 48
+    assert areas.max() > 3 * areas.min()
+    assert SynthSpec().image_size == 64
 
 
 def test_gradcam_command_writes_overlays_and_a_gallery_and_skips_bad_files(trained_model, tiny_data, tmp_path):

@@ -43,7 +43,7 @@ def test_cnn_is_the_notebooks_five_conv_baseline():
 
 
 def test_unknown_architecture_lists_the_valid_ones():
-    with pytest.raises(UserError, match="valid: cnn, resnet, efficientnet, xception, convnext, vit"):
+    with pytest.raises(UserError, match="valid: cnn, resnet, efficientnet, xception, convnext, vit, srm, npr"):
         create_model("alexnet", 64)
 
 
@@ -80,3 +80,33 @@ def test_weights_file_round_trip_and_missing_file(tmp_path):
         create_model("cnn", 32, weights=str(tmp_path / "missing.h5"))
     with pytest.raises(UserError, match="does not exist"):
         create_model("resnet", 32, weights=str(tmp_path / "missing.h5"))
+
+
+def test_resnet_loads_a_backbone_weights_file_and_trains_its_head_on_it_as_the_notebook_did(tmp_path, tiny_data):
+    """The notebook's path with pretrained weights: a file the test writes stands in for ImageNet's."""
+    import keras
+    import mlflow
+
+    from dfk.config import TrainConfig
+    from dfk.training import train
+
+    donor = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))
+    rng = np.random.default_rng(3)
+    donor.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in donor.get_weights()])
+    path = tmp_path / "resnet50_notop.weights.h5"
+    donor.save_weights(path)
+
+    model, used = create_model("resnet", 32, weights=str(path))
+    assert used == str(path)
+    backbone = model.get_layer("backbone")
+    assert all(np.array_equal(a, b) for a, b in zip(backbone.get_weights(), donor.get_weights()))
+
+    cfg = TrainConfig.from_overrides(dict(arch="resnet", data_dir=str(tiny_data), image_size=32, batch_size=8,
+                                          epochs=1, weights=str(path), gradcam_images=0))
+    result = train(cfg, experiment="pretrained")
+    run = mlflow.get_run(result.run_id)
+    assert run.data.tags["backbone_weights"] == str(path)
+    # Phase 1 trains the head only: the pretrained backbone comes out of training unchanged.
+    trained = result.model.get_layer("backbone")
+    assert all(np.array_equal(a, b) for a, b in zip(trained.get_weights(), donor.get_weights()))
+    assert "phase 2" not in str(run.data.params)

@@ -1,7 +1,8 @@
 """The tf.data input pipeline: stream image files from disk, decode in parallel, augment, batch.
 
-Only file paths are held in memory (the shuffle buffer holds paths, not pixels), so memory does
-not grow with the dataset. Files that fail to decode are dropped from the stream and recorded in
+A training set whose decoded pixels fit :data:`CACHE_BYTES` is decoded once and kept in memory;
+a larger one streams, holding only file paths (the shuffle buffer holds paths, not pixels), so
+memory never grows past that budget with the dataset. Files that fail to decode are dropped from the stream and recorded in
 a :class:`DecodeFailures` list that the training run logs.
 """
 
@@ -17,6 +18,8 @@ from dfk.config import TrainConfig
 from dfk.data.decode import BadImage, read_image
 
 AUTOTUNE = tf.data.AUTOTUNE
+#: Training sets whose decoded pixels (uint8) fit in this many bytes are decoded once and kept in memory.
+CACHE_BYTES = 512 * 2**20
 
 
 class DecodeFailures:
@@ -114,7 +117,10 @@ def make_dataset(
     keep file order so results line up with paths.
     """
     ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.float32)))
-    if training:
+    # A set whose decoded pixels fit the budget is decoded once and kept (every later epoch skips
+    # the decoder, which competes with training for the CPU); a larger one streams from disk.
+    in_memory = training and len(paths) * image_size * image_size * 3 <= CACHE_BYTES
+    if training and not in_memory:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     load = _decoder(image_size, failures)
 
@@ -122,10 +128,13 @@ def make_dataset(
         image, ok = tf.numpy_function(load, [path], [tf.uint8, tf.bool], stateful=False)
         image.set_shape((image_size, image_size, 3))
         ok.set_shape(())
-        return tf.cast(image, tf.float32), label, path, ok
+        return image, label, path, ok
 
     ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
     ds = ds.filter(lambda image, label, path, ok: ok)
+    if in_memory:  # kept as uint8, shuffled after the cache so every epoch gets a new order
+        ds = ds.cache().shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda image, label, path, ok: (tf.cast(image, tf.float32), label, path, ok))
     aug = augmenter(cfg) if (training and cfg is not None) else None
     if aug is not None:
         ds = ds.map(lambda image, label, path, ok: (aug(image), label, path, ok), num_parallel_calls=AUTOTUNE)

@@ -1,8 +1,9 @@
 """The built-in synthetic forgery set: real photographs and forgeries with ground-truth masks.
 
 Real images are random crops (scale, position, flip, mild colour jitter) of photographs that ship
-inside scikit-image and scikit-learn. Each fake starts as such a crop, then one or two of the
-traces real forgeries leave are applied inside a face-like ellipse:
+inside scikit-image and scikit-learn (or of any folder of photographs: ``photos``). Each fake
+starts as such a crop, then one or two of the traces real forgeries leave are applied inside a
+region of random position and size (an ellipse; a polygon in the ``shifted`` domain):
 
 * ``splice``: the region comes from another photograph, blended with a feathered seam;
 * ``upsample``: generator-style up-sampling: nearest-neighbour blocks, a transposed-convolution
@@ -11,8 +12,16 @@ traces real forgeries leave are applied inside a face-like ellipse:
 * ``double_jpeg``: the region was JPEG-compressed before, on a shifted 8x8 grid.
 
 Reals and fakes are saved the same way (JPEG, same quality range, same size), so the container
-gives nothing away (``dfk data inspect`` checks). The ellipse of every fake is written as a PNG
+gives nothing away (``dfk data inspect`` checks). The region of every fake is written as a PNG
 mask under ``masks/<Split>/<file stem>.png`` for scoring Grad-CAM.
+
+Images are written at the size models train on (64 px by default): a detector of re-sampling
+traces must not see them re-sampled once more by the loader.
+
+For generalization protocols a set can be restricted to some ``manipulations`` (leave one
+manipulation out) and built with ``shifted`` forgery parameters that the default set never uses
+(other up-sampling factor, weaker traces, other JPEG qualities, polygonal regions) from other
+``photos`` (cross-domain).
 """
 
 from __future__ import annotations
@@ -32,26 +41,64 @@ import numpy as np
 from dfk.errors import UserError
 
 #: Bump when the generator changes, so cached copies are rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIPULATIONS = ("splice", "upsample", "colour", "double_jpeg")
 #: Manipulations that paste a region and so leave a blending seam around it.
 SEAMED = frozenset({"splice", "colour", "double_jpeg"})
 SPLIT_DIRS = {"train": "Train", "validation": "Validation", "test": "Test"}
-#: Both classes are saved with a JPEG quality drawn from this range.
-JPEG_QUALITY = (80, 95)
+#: ``photos`` value for the photographs that ship inside scikit-image and scikit-learn.
+BUILTIN_PHOTOS = "builtin"
+#: Photographs taken from a folder are first shrunk to at most this side (bounded memory).
+MAX_PHOTO_SIDE = 1024
+
+
+@dataclass(frozen=True)
+class ForgeryParams:
+    """The ranges one domain of forgeries draws from; ``SHIFTED`` shares none of ``DEFAULT``'s."""
+
+    jpeg_quality: tuple[int, int]  # both classes are saved with a quality from this range
+    upsample_factors: tuple[int, ...]  # generator-style nearest-neighbour up-sampling factors
+    checker: tuple[float, float]  # transposed-convolution checkerboard amplitude (0..255 scale)
+    double_jpeg_quality: tuple[int, int]  # quality of the region's first, misaligned compression
+    colour_gain: float  # at least one channel's gain is off by this much
+    splice_blur: tuple[float, float]  # the donor is softer than the host by this Gaussian sigma
+    seam: tuple[float, float]  # blending-halo amplitude around a pasted region
+    region_size: tuple[float, float]  # region radius as a fraction of the image side
+    polygon: bool  # polygonal regions instead of ellipses
+
+
+DEFAULT_FORGERIES = ForgeryParams(jpeg_quality=(80, 95), upsample_factors=(2, 4), checker=(10, 20),
+                                  double_jpeg_quality=(2, 6), colour_gain=0.4, splice_blur=(0.6, 1.2),
+                                  seam=(30, 50), region_size=(0.15, 0.3), polygon=False)
+SHIFTED_FORGERIES = ForgeryParams(jpeg_quality=(65, 79), upsample_factors=(3,), checker=(4, 9),
+                                  double_jpeg_quality=(10, 20), colour_gain=0.22, splice_blur=(1.3, 2.0),
+                                  seam=(10, 24), region_size=(0.15, 0.35), polygon=True)
 
 
 @dataclass(frozen=True)
 class SynthSpec:
-    """What to generate. The defaults keep ``mlflow run . -e resnet`` within minutes on 2 CPU cores."""
+    """What to generate. The defaults are sized so the main job's champion learns it within minutes
+    on 2 CPU cores (docs/BENCHMARKS.md measures how well)."""
 
-    train: int = 48  # images per class in Train
-    validation: int = 16  # images per class in Validation
-    test: int = 24  # images per class in Test
-    image_size: int = 256  # the notebook's training size
+    train: int = 1000  # images per class in Train
+    validation: int = 150  # images per class in Validation
+    test: int = 150  # images per class in Test
+    image_size: int = 64  # native size: small enough to train from scratch on a CPU in minutes
     seed: int = 0
+    manipulations: tuple[str, ...] = MANIPULATIONS  # the kinds fakes draw from
+    photos: str = BUILTIN_PHOTOS  # or a folder of photographs (any of dfk's image formats)
+    shifted: bool = False  # SHIFTED_FORGERIES instead of DEFAULT_FORGERIES
+
+    @property
+    def forgeries(self) -> ForgeryParams:
+        return SHIFTED_FORGERIES if self.shifted else DEFAULT_FORGERIES
 
     def validate(self) -> None:
+        bad = [m for m in self.manipulations if m not in MANIPULATIONS]
+        if bad or not self.manipulations:
+            raise UserError(f"unknown manipulation {', '.join(bad) or '(none given)'}; choose from {', '.join(MANIPULATIONS)}")
+        if self.photos != BUILTIN_PHOTOS and not Path(self.photos).expanduser().is_dir():
+            raise UserError(f"photos folder {self.photos} does not exist; give a folder of photographs or {BUILTIN_PHOTOS}")
         for name in ("train", "validation", "test"):
             if getattr(self, name) < 2:
                 raise UserError(f"{name}={getattr(self, name)} images per class is too few; use at least 2")
@@ -61,13 +108,18 @@ class SynthSpec:
             raise UserError(f"image size {self.image_size} is out of range; use 32 to 1024")
 
     def cache_name(self) -> str:
+        if self.photos != BUILTIN_PHOTOS or self.shifted or self.manipulations != MANIPULATIONS:
+            raise ValueError("only sets of the built-in photographs and forgeries are cached")
         return (f"synth-v{GENERATOR_VERSION}-{self.image_size}px-"
                 f"{self.train}-{self.validation}-{self.test}-seed{self.seed}")
 
 
-@lru_cache(maxsize=1)
-def source_photos() -> tuple[np.ndarray, ...]:
-    """Natural photographs shipped inside scikit-image and scikit-learn (no download)."""
+@lru_cache(maxsize=2)
+def source_photos(photos: str = BUILTIN_PHOTOS) -> tuple[np.ndarray, ...]:
+    """The photographs real images are cropped from: the ones shipped inside scikit-image and
+    scikit-learn (no download), or every readable image in the folder ``photos``."""
+    if photos != BUILTIN_PHOTOS:
+        return _folder_photos(Path(photos).expanduser())
     import skimage.data as sd
     from sklearn.datasets import load_sample_images
 
@@ -80,12 +132,33 @@ def source_photos() -> tuple[np.ndarray, ...]:
     return tuple(p.astype(np.uint8) for p in photos)
 
 
+def _folder_photos(folder: Path) -> tuple[np.ndarray, ...]:
+    import cv2
+
+    from dfk.data.decode import IMAGE_EXTENSIONS, BadImage, read_image
+
+    out = []
+    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+        try:
+            img = read_image(str(path))
+        except BadImage:
+            continue
+        scale = MAX_PHOTO_SIDE / max(img.shape[:2])
+        if scale < 1:
+            img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+        out.append(img)
+    if len(out) < 2:
+        raise UserError(f"{folder} has {len(out)} readable photographs; a set needs at least 2 (splices take a second one)")
+    return tuple(out)
+
+
 # ----------------------------------------------------------------------------- image making
-def natural_crop(rng: np.random.Generator, size: int, exclude: int | None = None) -> tuple[np.ndarray, int]:
+def natural_crop(rng: np.random.Generator, size: int, exclude: int | None = None,
+                 photos: str = BUILTIN_PHOTOS) -> tuple[np.ndarray, int]:
     """A random crop of a random photograph, resized to ``size``, flipped and jittered."""
     import cv2
 
-    photos = source_photos()
+    photos = source_photos(photos)
     choices = [i for i in range(len(photos)) if i != exclude]
     k = int(rng.choice(choices))
     src = photos[k]
@@ -104,16 +177,23 @@ def natural_crop(rng: np.random.Generator, size: int, exclude: int | None = None
     return np.clip(img, 0, 255), k
 
 
-def ellipse_mask(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A face-like ellipse (taller than wide, slightly rotated) as a 0/1 float mask."""
+def region_mask(rng: np.random.Generator, size: int, params: ForgeryParams = DEFAULT_FORGERIES) -> np.ndarray:
+    """The forged region as a 0/1 float mask: anywhere in the image, of random size (so a heatmap
+    cannot point at it by looking at the centre); an ellipse, or a random polygon."""
     import cv2
 
     mask = np.zeros((size, size), np.uint8)
-    ax = int(size * rng.uniform(0.18, 0.28))
-    ay = int(ax * rng.uniform(1.1, 1.4))
-    cx = int(rng.uniform(0.3, 0.7) * size)
-    cy = int(rng.uniform(0.3, 0.7) * size)
-    cv2.ellipse(mask, (cx, cy), (ax, ay), float(rng.uniform(-20, 20)), 0, 360, 1, -1)
+    r = size * rng.uniform(*params.region_size)
+    ry = min(r * rng.uniform(1.0, 1.4), size * 0.45)
+    cx, cy = float(rng.uniform(r, size - r)), float(rng.uniform(ry, size - ry))  # wholly inside the image
+    if params.polygon:
+        angles = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(4, 8))))
+        radii = rng.uniform(0.6, 1.0, size=len(angles))
+        pts = np.stack([cx + r * radii * np.cos(angles), cy + ry * radii * np.sin(angles)], axis=1)
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+    else:
+        cv2.ellipse(mask, (round(cx), round(cy)), (max(2, round(r)), max(2, round(ry))),
+                    float(rng.uniform(-30, 30)), 0, 360, 1, -1)
     return mask.astype(np.float32)
 
 
@@ -124,62 +204,66 @@ def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32)
 
 
-def _splice(img, rng, source):
-    donor, _ = natural_crop(rng, img.shape[0], exclude=source)
+def _splice(img, rng, source, spec: "SynthSpec"):
+    donor, _ = natural_crop(rng, img.shape[0], exclude=source, photos=spec.photos)
     # The donor was shot elsewhere: it is a little softer or sharper than the host.
     import cv2
 
     if rng.random() < 0.5:
-        donor = cv2.GaussianBlur(donor, (0, 0), rng.uniform(0.6, 1.2))
+        donor = cv2.GaussianBlur(donor, (0, 0), rng.uniform(*spec.forgeries.splice_blur))
     return donor, rng.uniform(0.8, 2.0)
 
 
-def _upsample(img, rng, source):
+def _upsample(img, rng, source, spec: "SynthSpec"):
     import cv2
 
     size = img.shape[0]
-    f = int(rng.choice([2, 4]))
-    small = cv2.resize(img, (size // f, size // f), interpolation=cv2.INTER_AREA)
-    region = cv2.resize(small, (size, size), interpolation=cv2.INTER_NEAREST)
+    f = int(rng.choice(spec.forgeries.upsample_factors))
+    small = cv2.resize(img, (-(-size // f), -(-size // f)), interpolation=cv2.INTER_AREA)
+    region = np.repeat(np.repeat(small, f, axis=0), f, axis=1)[:size, :size]  # nearest-neighbour blocks
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0) * rng.uniform(10, 20)
+    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0) * rng.uniform(*spec.forgeries.checker)
     fx, fy = rng.uniform(0.2, 0.45, size=2)
-    peak = np.sin(2 * np.pi * (fx * xx + fy * yy)) * rng.uniform(6, 12)
+    peak = np.sin(2 * np.pi * (fx * xx + fy * yy)) * rng.uniform(0.5, 1.0) * spec.forgeries.checker[1] * 0.6
     return region + (checker + peak)[..., None], rng.uniform(0.5, 1.0)
 
 
-def _colour(img, rng, source):
-    gains = rng.uniform(0.65, 1.35, size=3)
-    gains[int(rng.integers(3))] = rng.choice([0.65, 1.35])  # at least one channel clearly off
+def _colour(img, rng, source, spec: "SynthSpec"):
+    off = spec.forgeries.colour_gain
+    gains = rng.uniform(1 - off, 1 + off, size=3)
+    gains[int(rng.integers(3))] = rng.choice([1 - off, 1 + off])  # at least one channel clearly off
     gamma = rng.uniform(0.75, 1.3)
     region = 255.0 * (np.clip(img, 0, 255) / 255.0) ** gamma * gains
     return region, rng.uniform(1.0, 2.5)
 
 
-def _double_jpeg(img, rng, source):
+def _double_jpeg(img, rng, source, spec: "SynthSpec"):
     dy, dx = (int(v) for v in rng.integers(1, 8, size=2))
     shifted = np.roll(img, (dy, dx), axis=(0, 1))
-    region = np.roll(_jpeg_roundtrip(shifted, int(rng.integers(2, 8))), (-dy, -dx), axis=(0, 1))
+    lo, hi = spec.forgeries.double_jpeg_quality
+    region = np.roll(_jpeg_roundtrip(shifted, int(rng.integers(lo, hi + 1))), (-dy, -dx), axis=(0, 1))
     return region, rng.uniform(0.5, 1.0)
 
 
 _APPLY: dict[str, Callable] = {"splice": _splice, "upsample": _upsample, "colour": _colour, "double_jpeg": _double_jpeg}
 
 
-def make_fake(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def make_fake(rng: np.random.Generator, spec: "SynthSpec") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """A forged image, its binary mask and the manipulations applied."""
     import cv2
 
-    img, source = natural_crop(rng, size)
-    mask = ellipse_mask(rng, size)
-    kinds = list(rng.choice(MANIPULATIONS, size=int(rng.integers(1, 3)), replace=False))
+    size = spec.image_size
+    img, source = natural_crop(rng, size, photos=spec.photos)
+    mask = region_mask(rng, size, spec.forgeries)
+    n = min(len(spec.manipulations), int(rng.integers(1, 3)))
+    kinds = list(rng.choice(spec.manipulations, size=n, replace=False))
     for kind in kinds:
-        region, feather = _APPLY[kind](img, rng, source)
+        region, feather = _APPLY[kind](img, rng, source, spec)
         soft = cv2.GaussianBlur(mask, (0, 0), feather)[..., None]
         img = img * (1 - soft) + np.clip(region, 0, 255) * soft
         if kind in SEAMED:
             # The blending boundary of a pasted region: a thin halo brighter or darker than both sides.
-            img = img + 4 * soft * (1 - soft) * rng.choice([-1.0, 1.0]) * rng.uniform(25, 45)
+            img = img + 4 * soft * (1 - soft) * rng.choice([-1.0, 1.0]) * rng.uniform(*spec.forgeries.seam)
     return np.clip(img, 0, 255), mask, [str(k) for k in kinds]
 
 
@@ -215,13 +299,14 @@ def generate(spec: SynthSpec, out: str | os.PathLike, progress: Callable[[int], 
                 for i in range(n):
                     rng = np.random.default_rng([spec.seed, GENERATOR_VERSION, split_no, label, i])
                     stem = f"{cls.lower()}_{i:05d}"
-                    quality = int(rng.integers(JPEG_QUALITY[0], JPEG_QUALITY[1] + 1))
+                    lo, hi = spec.forgeries.jpeg_quality
+                    quality = int(rng.integers(lo, hi + 1))
                     if label:
-                        img, mask, kinds = make_fake(rng, spec.image_size)
+                        img, mask, kinds = make_fake(rng, spec)
                         (tmp / "masks" / split_dir).mkdir(parents=True, exist_ok=True)
                         Image.fromarray((mask > 0.5).astype(np.uint8) * 255).save(tmp / "masks" / split_dir / f"{stem}.png")
                     else:
-                        img, _ = natural_crop(rng, spec.image_size)
+                        img, _ = natural_crop(rng, spec.image_size, photos=spec.photos)
                         kinds = []
                     (tmp / split_dir / cls / f"{stem}.jpg").write_bytes(encode_jpeg(img, quality))
                     manifest.append({"file": f"{split_dir}/{cls}/{stem}.jpg", "label": label, "manipulations": kinds})

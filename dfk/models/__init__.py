@@ -26,6 +26,7 @@ class ModelSpec:
     dropout: float = 0.3  # the notebook's ResNet head used Dropout(0.3)
     dense_units: int = 512  # the notebook's ResNet head used Dense(512)
     pretrained: bool = True  # has ImageNet weights to load
+    learning_rate: float = 1e-3  # Adam's default, which the notebook used unchanged
 
 
 _REGISTRY: dict[str, ModelSpec] = {
@@ -37,6 +38,10 @@ _REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("xception", "dfk.models.applications:build_xception", "Xception, the usual deepfake baseline", min_image_size=71),
         ModelSpec("convnext", "dfk.models.applications:build_convnext", "ConvNeXtTiny backbone"),
         ModelSpec("vit", "dfk.models.vit:build_vit", "compact Vision Transformer", pretrained=False),
+        ModelSpec("srm", "dfk.models.forensic:build_srm", "forensic: RGB + fixed SRM high-pass residuals, compact CNN",
+                  dense_units=128, pretrained=False, learning_rate=2e-3),
+        ModelSpec("npr", "dfk.models.forensic:build_npr", "forensic: neighbouring-pixel residual x - up(down(x)), compact CNN",
+                  dense_units=128, pretrained=False, learning_rate=2e-3),
     )
 }
 
