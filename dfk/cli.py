@@ -111,11 +111,12 @@ def params() -> None:
     """List every training parameter with its default and why."""
     import dataclasses
 
-    from dfk.config import TrainConfig, field_comments
+    from dfk.config import AUTO_FIELDS, TrainConfig, field_comments
 
     comments = field_comments()
     for f in dataclasses.fields(TrainConfig):
-        typer.echo(f"{f.name:<18} {str(f.default):<10} {comments.get(f.name, '')}")
+        default = "auto" if f.default is None and f.name in AUTO_FIELDS else f.default
+        typer.echo(f"{f.name:<18} {str(default):<10} {comments.get(f.name, '')}")
 
 
 @app.command()
@@ -125,7 +126,7 @@ def models() -> None:
 
     for name in list_models():
         spec = get_spec(name)
-        typer.echo(f"{name:<14} {spec.description} (min {spec.min_image_size} px)")
+        typer.echo(f"{name:<14} {spec.description} (min {spec.min_image_size} px, learning rate {spec.learning_rate:g})")
 
 
 # ----------------------------------------------------------------------------- data

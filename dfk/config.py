@@ -41,7 +41,7 @@ class TrainConfig:
     batch_size: int = 32
     # Upper bound; early stopping may end the run earlier. From scratch, the built-in set takes
     # about this many epochs to learn (docs/BENCHMARKS.md).
-    epochs: int = 15
+    epochs: int = 20
     # auto: the architecture's own (Adam's default 1e-3, as the notebook used Adam() unchanged;
     # 2e-3 for the forensic detectors, whose BatchNorm trunk takes the larger step).
     learning_rate: float | None = None
@@ -87,6 +87,9 @@ class TrainConfig:
     gradcam_images: int = 8
 
     def __post_init__(self) -> None:
+        # Fields left to "auto" are resolved here and remembered, so that replace(arch=...) resolves
+        # them again for the new architecture instead of keeping the old one's values.
+        object.__setattr__(self, "_auto", frozenset(k for k in AUTO_FIELDS if getattr(self, k) is None))
         if self.image_size is None:
             object.__setattr__(self, "image_size", default_image_size(self.data_dir, self.arch))
         if self.learning_rate is None:
@@ -115,8 +118,8 @@ class TrainConfig:
         return cfg
 
     def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with ``changes`` applied and checked like any override."""
-        return TrainConfig.from_overrides({**self.to_dict(), **changes})
+        """A copy with ``changes`` applied and checked like any override; "auto" fields stay auto."""
+        return TrainConfig.from_overrides({**self.to_dict(), **{k: None for k in self._auto}, **changes})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -157,6 +160,9 @@ class TrainConfig:
         _check(1 <= self.aug_jpeg_quality <= 100, f"aug_jpeg_quality must be in [1, 100], got {self.aug_jpeg_quality}")
         _check(0 <= self.aug_blur_sigma <= 10, f"aug_blur_sigma must be in [0, 10], got {self.aug_blur_sigma}")
 
+
+#: Fields whose None default means "the architecture's or the data's own", resolved on construction.
+AUTO_FIELDS = ("image_size", "learning_rate")
 
 #: The original notebook's training size, for a folder of the user's own images.
 NOTEBOOK_IMAGE_SIZE = 256

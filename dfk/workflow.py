@@ -13,7 +13,7 @@ from dfk.errors import UserError
 
 #: What the whole job trains by default, as ``--archs`` / ``-P archs=`` spells it: ``arch`` or
 #: ``arch:key=value:...`` to override parameters for that architecture alone.
-DEFAULT_ARCHS = "srm,cnn,resnet:epochs=1"
+DEFAULT_ARCHS = "srm,resnet:epochs=1:image_size=32"
 
 
 def parse_archs(archs: str, base: TrainConfig) -> list[TrainConfig]:

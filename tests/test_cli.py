@@ -99,4 +99,5 @@ def test_inspect_warns_about_format_leakage_and_lists_bad_files(tmp_path):
 def test_params_lists_every_field_with_its_default():
     result = runner.invoke(app, ["params"])
     assert result.exit_code == 0
-    assert any(line.split()[:2] == ["image_size", "256"] for line in result.stdout.splitlines())
+    assert any(line.split()[:2] == ["image_size", "auto"] for line in result.stdout.splitlines())
+    assert any(line.split()[:2] == ["patience", "5"] for line in result.stdout.splitlines())

@@ -4,9 +4,9 @@ from dfk.config import TrainConfig, field_comments
 from dfk.errors import UserError
 
 
-def test_defaults_are_the_notebooks():
-    cfg = TrainConfig()
-    assert (cfg.image_size, cfg.batch_size, cfg.patience, cfg.augment) == (256, 32, 5, "flip")
+def test_defaults_are_the_notebooks_for_a_folder_of_images():
+    cfg = TrainConfig.from_overrides(dict(data_dir="/data/deepfake-and-real-images"))
+    assert (cfg.image_size, cfg.batch_size, cfg.patience, cfg.augment, cfg.learning_rate) == (256, 32, 5, "flip", 1e-3)
 
 
 def test_every_field_says_why():

@@ -19,7 +19,7 @@ def test_main_trains_registers_promotes_and_checks_robustness(tiny_data):
     parent = next(x for x in runs if x.data.tags.get("pipeline") == "main")
     children = [x for x in runs if x.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert parent.info.status == "FINISHED"
-    assert sorted(c.data.tags["arch"] for c in children) == ["cnn", "resnet"]
+    assert sorted(c.data.tags["arch"] for c in children) == ["resnet", "srm"]
     champion = MlflowClient().get_model_version_by_alias("deepfake-detector", "champion")
     assert champion.run_id in {c.info.run_id for c in children}
     (ev,) = mlflow.search_runs(experiment_names=["dfk-eval"], output_format="list")
