@@ -41,7 +41,7 @@ class TrainConfig:
     batch_size: int = 32
     # Upper bound; early stopping may end the run earlier. From scratch, the built-in set takes
     # about this many epochs to learn (docs/BENCHMARKS.md).
-    epochs: int = 20
+    epochs: int = 16
     # auto: the architecture's own (Adam's default 1e-3, as the notebook used Adam() unchanged;
     # 2e-3 for the forensic detectors, whose BatchNorm trunk takes the larger step).
     learning_rate: float | None = None

@@ -1,7 +1,7 @@
-"""Screenshots of a real `mlflow ui` for the README, taken with Debian's headless Chromium.
+"""Screenshots of a real `mlflow ui` and of `dfk app` on the champion, for the README.
 
-Not part of CI. Needs `apt-get install chromium`. Point it at a store with finished runs
-(e.g. after `mlflow run .` or `dfk main`):
+Not part of CI. Needs `apt-get install chromium chromium-driver`. Point it at a store with
+finished runs and a champion (after `make demo`, `mlflow run .` or `dfk main`):
 
     .venv/bin/python scripts/ui_screenshots.py --store sqlite:///mlflow.db --out docs/img
 """
@@ -67,6 +67,32 @@ def main() -> None:
         }
         for name, url in pages.items():
             shoot(url, out / name)
+    app_screenshot(args.store, out / "app.png")
+
+
+def app_screenshot(store: str, path: Path) -> None:
+    """`dfk app` on the champion, with the first fake and the first real of the built-in test split."""
+    import os
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from dfk.data.synth import builtin_dataset
+    from tests.browser import chromium
+
+    data = builtin_dataset()
+    shots = [sorted((data / "Test" / kind).glob("*.jpg"))[0] for kind in ("Fake", "Real")]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with running([venv_tool("dfk"), "app", "--port", str(port)], f"{base}/healthz",
+                 env=dict(os.environ, MLFLOW_TRACKING_URI=store)), chromium(1200, 1500) as page:
+        page.get(base)
+        WebDriverWait(page, 60).until(lambda d: d.find_element(By.ID, "model-info").get_attribute("data-loaded"))
+        page.find_element(By.ID, "files").send_keys("\n".join(map(str, shots)))
+        WebDriverWait(page, 120).until(lambda d: d.find_element(By.ID, "status").text.startswith("Checked"))
+        page.execute_script("window.scrollTo(0, 0); document.activeElement.blur()")
+        page.save_screenshot(str(path))
+    print("wrote", path)
 
 
 if __name__ == "__main__":

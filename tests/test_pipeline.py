@@ -45,3 +45,17 @@ def test_augmentations_run_on_training_data_only(tiny_data, augment):
     assert not np.allclose(x, clean[order])  # something changed
     again = next(iter(make_dataset(paths, labels, cfg=cfg, with_paths=True, **common)))[0].numpy()
     assert np.array_equal(again, clean)  # evaluation streams are never augmented
+
+
+@pytest.mark.parametrize("cache_bytes", [64 * 2**20, 0])
+def test_training_stream_reshuffles_every_epoch_whether_kept_in_memory_or_streamed(tiny_data, monkeypatch, cache_bytes):
+    from dfk.data import pipeline
+
+    monkeypatch.setattr(pipeline, "CACHE_BYTES", cache_bytes)
+    index = scan(tiny_data)
+    paths, labels = index.paths("train"), index.labels("train")
+    ds = make_dataset(paths, labels, 32, 64, DecodeFailures(), training=True,
+                      cfg=TrainConfig(augment="none"), seed=3, with_paths=True)
+    epochs = [[s.decode() for s in next(iter(ds))[2].numpy()] for _ in range(3)]
+    assert all(sorted(e) == sorted(paths) for e in epochs)  # every image, once, each epoch
+    assert len({tuple(e) for e in epochs}) > 1  # in a new order

@@ -90,3 +90,44 @@ def test_builtin_set_passes_its_own_format_leakage_check(tmp_path):
     root = generate(SynthSpec(train=60, validation=10, test=10, image_size=64, seed=4), tmp_path / "d")
     reports = check_leakage(scan(root))
     assert [r.cue for r in reports if r.leaks] == []
+
+
+def test_synth_options_restrict_kinds_change_photos_and_shift_the_domain(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from dfk.cli import app
+    from dfk.data.synth import DEFAULT_FORGERIES, SHIFTED_FORGERIES
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    (photos / "notes.txt").write_text("not a photo")
+    out = tmp_path / "other"
+    r = CliRunner().invoke(app, ["data", "synth", str(out), "--train", "4", "--validation", "2", "--test", "2",
+                                 "--image-size", "32", "--manipulations", "upsample", "--photos", str(photos), "--shifted"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["spec"]["shifted"] and manifest["spec"]["photos"] == str(photos)
+    assert {tuple(m["manipulations"]) for m in manifest["images"] if m["label"] == 1} == {("upsample",)}
+    # The shifted domain shares no trace range with the default one.
+    assert set(SHIFTED_FORGERIES.upsample_factors).isdisjoint(DEFAULT_FORGERIES.upsample_factors)
+    assert SHIFTED_FORGERIES.jpeg_quality[1] < DEFAULT_FORGERIES.jpeg_quality[0]
+    assert SHIFTED_FORGERIES.double_jpeg_quality[0] > DEFAULT_FORGERIES.double_jpeg_quality[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--manipulations", "splice,morph"], "unknown manipulation morph"),
+    (["--photos", "/no/such/folder"], "photos folder /no/such/folder does not exist"),
+])
+def test_synth_with_bad_options_is_one_line_and_writes_nothing(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from dfk.cli import app
+
+    r = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "x"), "--train", "2", *args])
+    assert r.exit_code == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()

@@ -19,7 +19,7 @@ from dfk.data.decode import BadImage, read_image
 
 AUTOTUNE = tf.data.AUTOTUNE
 #: Training sets whose decoded pixels (uint8) fit in this many bytes are decoded once and kept in memory.
-CACHE_BYTES = 512 * 2**20
+CACHE_BYTES = 64 * 2**20
 
 
 class DecodeFailures:
