@@ -124,7 +124,8 @@ def report(args, base, rows: list[dict], feeding: tuple | None) -> None:
 
     best = max(rows, key=lambda r: r["cross_manipulation"] + r["cross_domain"])
     kinds = " | ".join(f"w/o {k}" for k in MANIPULATIONS)
-    small = ", ".join(f"{a} at {px} px for up to {ep} epochs" for a, (px, ep) in SMALL.items())
+    small = ", ".join(f"{a} at {px} px for up to {ep} epochs" for a, (px, ep) in SMALL.items()
+                      if any(r["arch"] == a for r in rows))
     lines = [
         "## Generalization (`python -m bench.generalization`)",
         "",

@@ -42,6 +42,7 @@ def test_shuffled_training_labels_stay_near_chance(tmp_path):
     assert 0.3 <= metrics["test_roc_auc"] <= 0.7, metrics
 
 
+@pytest.mark.timeout(1800)
 def test_the_main_job_on_the_builtin_set_leaves_a_champion_that_detects():
     """The README's main command as it runs by default: its champion must detect, and its heatmaps
     must point at the forged regions better than both the random and the centre-prior baselines."""
@@ -68,9 +69,10 @@ def _epochs_to(history: dict, key: str, level: float) -> int:
     return next((i + 1 for i, v in enumerate(values) if v >= level), len(values) + 1)
 
 
+@pytest.mark.timeout(1800)
 def test_the_forensic_detector_learns_faster_than_the_notebook_cnn(tmp_path):
     data = generate(SynthSpec(train=300, validation=100, test=50, seed=13), tmp_path / "d")
-    common = dict(data_dir=str(data), epochs=12, patience=12, gradcam_images=0)
+    common = dict(data_dir=str(data), epochs=12, patience=12, gradcam_images=0, seed=13)
     srm = train(TrainConfig.from_overrides(dict(arch="srm", **common)), log_model=False)
     cnn = train(TrainConfig.from_overrides(dict(arch="cnn", **common)), log_model=False)
     fast, slow = _epochs_to(srm.history, "val_auc", 0.9), _epochs_to(cnn.history, "val_auc", 0.9)
