@@ -71,9 +71,9 @@ def _epochs_to(history: dict, key: str, level: float) -> int:
 
 @pytest.mark.timeout(1800)
 def test_the_forensic_detector_learns_faster_than_the_notebook_cnn(tmp_path):
-    data = generate(SynthSpec(train=300, validation=100, test=50, seed=13), tmp_path / "d")
-    common = dict(data_dir=str(data), epochs=12, patience=12, gradcam_images=0, seed=13)
+    data = generate(SynthSpec(train=800, validation=100, test=20, seed=13), tmp_path / "d")
+    common = dict(data_dir=str(data), image_size=64, epochs=10, patience=10, gradcam_images=0, seed=13)
     srm = train(TrainConfig.from_overrides(dict(arch="srm", **common)), log_model=False)
     cnn = train(TrainConfig.from_overrides(dict(arch="cnn", **common)), log_model=False)
     fast, slow = _epochs_to(srm.history, "val_auc", 0.9), _epochs_to(cnn.history, "val_auc", 0.9)
-    assert fast <= 12 and fast < slow, (srm.history["val_auc"], cnn.history["val_auc"])
+    assert fast <= 10 and fast < slow, (srm.history["val_auc"], cnn.history["val_auc"])
