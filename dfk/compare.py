@@ -23,6 +23,8 @@ def compare_runs(experiment: str, metric: str = "test_roc_auc"):
     import mlflow
     import pandas as pd
 
+    from dfk.tracking import RESOLVED
+
     if mlflow.get_experiment_by_name(experiment) is None:
         raise UserError(f"experiment {experiment!r} does not exist; train a model first (dfk train)")
     runs = mlflow.search_runs(experiment_names=[experiment],
@@ -31,6 +33,8 @@ def compare_runs(experiment: str, metric: str = "test_roc_auc"):
         raise UserError(f"no finished training run with metric {metric!r} in experiment {experiment!r}")
     runs = runs[runs.get("tags.sweep", pd.Series(index=runs.index, dtype=object)).fillna("") != "parent"]
     runs["duration"] = (runs["end_time"] - runs["start_time"]).dt.total_seconds().round(1)
+    for src in [c for _, c in COLUMNS if f"{c}{RESOLVED}" in runs]:  # "auto" given to mlflow run: what it became
+        runs[src] = runs[f"{src}{RESOLVED}"].fillna(runs[src])
     table = pd.DataFrame({header: runs[src] if src in runs else None for header, src in COLUMNS})
     table["run"] = table["run"].str[:8]
     table[metric] = runs[f"metrics.{metric}"].values

@@ -51,11 +51,21 @@ def take_entry_run() -> str | None:
     return os.environ.pop("MLFLOW_RUN_ID", None)
 
 
+#: Suffix of the param that holds what an "auto" parameter resolved to.
+RESOLVED = "_resolved"
+
+
 def log_params_once(params: Mapping[str, Any]) -> None:
-    """Log params, skipping keys the run already has (``mlflow run`` logs its own -P values)."""
+    """Log params, skipping keys the run already has (``mlflow run`` logs its own -P values).
+
+    Where ``mlflow run`` logged ``auto``, the value it resolved to is logged as ``<key>_resolved``.
+    """
+    from dfk.mlproject import AUTO
+
     run = mlflow.active_run()
     existing = mlflow.get_run(run.info.run_id).data.params if run else {}
     fresh = {k: ("" if v is None else v) for k, v in params.items() if k not in existing}
+    fresh.update({f"{k}{RESOLVED}": v for k, v in params.items() if existing.get(k) == AUTO and v is not None})
     if fresh:
         mlflow.log_params(fresh)
 

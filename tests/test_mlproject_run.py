@@ -16,14 +16,15 @@ def test_mlflow_run_entry_point_finishes_a_run(tmp_path, tiny_data):
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
     cmd = [str(Path(sys.executable).parent / "mlflow"), "run", str(ROOT), "-e", "cnn", "--env-manager", "local",
            "--experiment-name", "entry", "-P", f"data_dir={tiny_data}", "-P", "image_size=32", "-P", "epochs=1",
-           "-P", "batch_size=8", "-P", "learning_rate=1e-3", "-P", "weights=none"]
+           "-P", "batch_size=8", "-P", "weights=none"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     runs = mlflow.search_runs(experiment_names=["entry"])
     assert list(runs.status) == ["FINISHED"]
     run = runs.iloc[0]
     assert run["tags.arch"] == "cnn" and run["params.image_size"] == "32"
-    assert run["params.learning_rate"] == "1e-3"  # as the user typed it; dfk logs no conflicting value
+    # mlflow run logs the entry point's "auto"; dfk adds what it resolved to, and compare shows that.
+    assert run["params.learning_rate"] == "auto" and run["params.learning_rate_resolved"] == "0.001"
     assert run["params.fine_tune_lr"] == "1e-05" and run["params.gradcam_images"] == "8"
     assert run["metrics.test_accuracy"] >= 0
 
