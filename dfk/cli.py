@@ -48,13 +48,9 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def parse_overrides(pairs: List[str] | None) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"parameter {pair!r} is not KEY=VALUE (e.g. -P epochs=5)")
-        out[key.strip()] = value
-    return out
+    from dfk.config import parse_pairs
+
+    return parse_pairs(pairs or [], lambda pair: f"parameter {pair!r} is not KEY=VALUE (e.g. -P epochs=5)")
 
 
 def _quiet_tensorflow() -> None:
@@ -111,11 +107,11 @@ def params() -> None:
     """List every training parameter with its default and why."""
     import dataclasses
 
-    from dfk.config import AUTO_FIELDS, TrainConfig, field_comments
+    from dfk.config import AUTO, AUTO_FIELDS, TrainConfig, field_comments
 
     comments = field_comments()
     for f in dataclasses.fields(TrainConfig):
-        default = "auto" if f.default is None and f.name in AUTO_FIELDS else f.default
+        default = AUTO if f.default is None and f.name in AUTO_FIELDS else f.default
         typer.echo(f"{f.name:<18} {str(default):<10} {comments.get(f.name, '')}")
 
 

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from dfk.errors import UserError
 
@@ -163,6 +163,8 @@ class TrainConfig:
 
 #: Fields whose None default means "the architecture's or the data's own", resolved on construction.
 AUTO_FIELDS = ("image_size", "learning_rate")
+#: How the CLI and the MLproject spell such a default.
+AUTO = "auto"
 
 #: The original notebook's training size, for a folder of the user's own images.
 NOTEBOOK_IMAGE_SIZE = 256
@@ -177,6 +179,17 @@ def default_image_size(data_dir: str, arch: str) -> int:
     from dfk.models import get_spec
 
     return max(SynthSpec().image_size, get_spec(arch).min_image_size)
+
+
+def parse_pairs(pairs: Iterable[str], bad: Callable[[str], str]) -> dict[str, str]:
+    """``["key=value", ...]`` -> ``{key: value}``; a pair without ``=`` or key fails with ``bad(pair)``."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(bad(pair))
+        out[key.strip()] = value
+    return out
 
 
 def field_comments() -> dict[str, str]:
@@ -207,7 +220,7 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint)
     optional = type(None) in args
     target = next((a for a in args if a is not type(None)), hint) if args else hint
-    if optional and isinstance(value, str) and value.strip().lower() in ("", "none", "auto", "default"):
+    if optional and isinstance(value, str) and value.strip().lower() in ("", "none", AUTO, "default"):
         return None
     try:
         if target is bool:

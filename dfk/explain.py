@@ -31,14 +31,15 @@ BACKBONE = "backbone"
 MIN_GRID = 8
 
 #: Layers whose output is a feature map worth explaining (not inputs, pooling or preprocessing).
-_MAP_LAYERS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Activation", "ReLU", "Add", "BatchNormalization")
+_CONV_LAYERS = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D")
+_MAP_LAYERS = (*_CONV_LAYERS, "Activation", "ReLU", "Add", "BatchNormalization")
 
 
-def _feature_maps(layers) -> list[tuple[str, int]]:
-    """``(name, grid side)`` of the layers that produce 4-D feature maps, in order."""
+def _feature_maps(layers, kinds: tuple[str, ...] = _MAP_LAYERS) -> list[tuple[str, int]]:
+    """``(name, grid side)`` of the layers of ``kinds`` that produce 4-D feature maps, in order."""
     out = []
     for layer in layers:
-        if type(layer).__name__ not in _MAP_LAYERS:
+        if type(layer).__name__ not in kinds:
             continue
         try:
             shape = layer.output.shape
@@ -62,7 +63,7 @@ def default_layer(model) -> str | None:
         return _inbound_name(model.get_layer("head_pool"))  # transformer: tokens that enter the head
     # A flat model's own convolutions: measured on srm at 64 px, its last convolution points into the
     # forged region for 86% of test fakes, the ReLU after its BatchNorm for 55% (centre prior: 64%).
-    maps = [m for m in _feature_maps(model.layers) if "Conv" in type(model.get_layer(m[0])).__name__]
+    maps = _feature_maps(model.layers, _CONV_LAYERS)
     if not maps:
         raise UserError(f"model {model.name} has no convolutional or token layer for Grad-CAM; name one with --layer")
     fine = [name for name, grid in maps if grid >= MIN_GRID]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from dfk.config import TrainConfig, field_comments
+from dfk.config import AUTO, TrainConfig, field_comments
 from dfk.models import list_models
 from dfk.workflow import DEFAULT_ARCHS
 
@@ -18,10 +18,6 @@ ENTRY_PARAMS = (
     "weights",
     "fine_tune_at", "fine_tune_lr", "fine_tune_epochs", "augment", "target_fpr", "seed",
 )
-
-
-#: How an MLproject parameter says "the config's own default" for a field whose default is None.
-AUTO = "auto"
 
 
 def _param(name: str, hints, defaults) -> str:

@@ -60,7 +60,7 @@ def log_params_once(params: Mapping[str, Any]) -> None:
 
     Where ``mlflow run`` logged ``auto``, the value it resolved to is logged as ``<key>_resolved``.
     """
-    from dfk.mlproject import AUTO
+    from dfk.config import AUTO
 
     run = mlflow.active_run()
     existing = mlflow.get_run(run.info.run_id).data.params if run else {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dfk.config import TrainConfig
+from dfk.config import TrainConfig, parse_pairs
 from dfk.errors import UserError
 
 #: What the whole job trains by default, as ``--archs`` / ``-P archs=`` spells it: ``arch`` or
@@ -23,13 +23,8 @@ def parse_archs(archs: str, base: TrainConfig) -> list[TrainConfig]:
         if not entry:
             continue
         arch, *pairs = entry.split(":")
-        overrides = {}
-        for pair in pairs:
-            key, sep, value = pair.partition("=")
-            if not sep or not key.strip():
-                raise UserError(f"archs entry {entry!r}: write overrides as arch:key=value[:key=value]")
-            overrides[key.strip()] = value.strip()
-        configs.append(base.replace(arch=arch.strip(), **overrides))
+        overrides = parse_pairs(pairs, lambda _: f"archs entry {entry!r}: write overrides as arch:key=value[:key=value]")
+        configs.append(base.replace(arch=arch.strip(), **{k: v.strip() for k, v in overrides.items()}))
     if not configs:
         raise UserError("archs is empty; name at least one architecture (see `dfk models`)")
     return configs
