@@ -44,7 +44,7 @@ def main() -> None:
     from dfk.data.synth import SynthSpec, generate
     from dfk.registry import register_best
     from dfk.training import train
-    from dfk.localserver import free_port, request, running, venv_tool
+    from bench.localserver import free_port, request, running, venv_tool
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -39,7 +39,7 @@ def measure(arch: str, epochs: int, repeats: int, tmp: Path, data: Path, screens
     from dfk.config import TrainConfig
     from dfk.data.decode import decode_image
     from dfk.explain import gradcam, gradient_function
-    from dfk.localserver import free_port, request, running, venv_tool
+    from bench.localserver import free_port, request, running, venv_tool
     from dfk.registry import register_best
     from dfk.training import train
     from tests.browser import chromium

@@ -12,8 +12,9 @@ from typing import Annotated, Callable, List, Optional
 
 import typer
 
+from dfk.config import TrainConfig
 from dfk.errors import UserError
-from dfk.workflow import DEFAULT_ARCHS
+from dfk.settings import SETTINGS
 
 app = typer.Typer(
     name="dfk",
@@ -47,10 +48,28 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def parse_overrides(pairs: List[str] | None) -> dict[str, str]:
+#: Commands that take training parameters also take them as ``--key value``: the form ``mlflow run``
+#: appends for a -P parameter its entry point does not declare (``mlflow run . -e cnn -P dropout=0.3``).
+TRAINING_OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def parse_overrides(pairs: List[str] | None, ctx: typer.Context | None = None) -> dict[str, str]:
+    """``-P key=value`` pairs, then any ``--key value`` pairs left over on the command line."""
     from dfk.config import parse_pairs
 
-    return parse_pairs(pairs or [], lambda pair: f"parameter {pair!r} is not KEY=VALUE (e.g. -P epochs=5)")
+    out = parse_pairs(pairs or [], lambda pair: f"parameter {pair!r} is not KEY=VALUE (e.g. -P epochs=5)")
+    extra = list(ctx.args) if ctx is not None else []
+    while extra:
+        key = extra.pop(0)
+        if not key.startswith("--") or not extra:
+            raise UserError(f"unexpected argument {key!r}; training parameters are -P KEY=VALUE (see `dfk params`)")
+        out[key[2:].replace("-", "_")] = extra.pop(0)
+    return out
+
+
+def _unset(value: str | None) -> str | None:
+    """An empty option (how an MLproject entry point passes "not given") as not given."""
+    return value or None
 
 
 def _quiet_tensorflow() -> None:
@@ -79,18 +98,17 @@ ParamOption = Annotated[
 ]
 
 
-@app.command()
+@app.command(context_settings=TRAINING_OVERRIDES)
 @user_errors
 def train(
+    ctx: typer.Context,
     arch: Annotated[Optional[str], typer.Option(help="Architecture (see `dfk models`).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Image folder; default: the built-in set.")] = None,
     param: ParamOption = None,
-    experiment: Annotated[Optional[str], typer.Option(help="MLflow experiment name (default: dfk).")] = None,
+    experiment: Annotated[Optional[str], typer.Option(help=f"MLflow experiment name (default: {SETTINGS.experiment}).")] = None,
 ) -> None:
     """Train one architecture and log a complete MLflow run."""
-    from dfk.config import TrainConfig
-
-    cfg = TrainConfig.from_overrides(parse_overrides(param), arch=arch, data_dir=data_dir)
+    cfg = TrainConfig.from_overrides(parse_overrides(param, ctx), arch=arch, data_dir=data_dir)
     _quiet_tensorflow()
     from dfk.training import train as run_training
 
@@ -107,7 +125,7 @@ def params() -> None:
     """List every training parameter with its default and why."""
     import dataclasses
 
-    from dfk.config import AUTO, AUTO_FIELDS, TrainConfig, field_comments
+    from dfk.config import AUTO, AUTO_FIELDS, field_comments
 
     comments = field_comments()
     for f in dataclasses.fields(TrainConfig):
@@ -164,8 +182,8 @@ def data_synth(
 @data_app.command("inspect")
 @user_errors
 def data_inspect(
-    data_dir: Annotated[Path, typer.Argument(help="Image folder (Kaggle layout or flat Fake|Real).")],
-    val_split: Annotated[float, typer.Option(help="Validation (and test) fraction for flat folders.")] = 0.2,
+    data_dir: Annotated[str, typer.Argument(help="Image folder (Kaggle layout or flat Fake|Real), or builtin.")],
+    val_split: Annotated[float, typer.Option(help="Validation (and test) fraction for flat folders.")] = TrainConfig.val_split,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
 ) -> None:
     """Counts per split/class, bad files, fingerprint and a format-leakage check."""
@@ -174,11 +192,11 @@ def data_inspect(
     from rich.table import Table
 
     from dfk.data.leakage import LEAK_ACCURACY, check_leakage
-    from dfk.data.scan import scan
+    from dfk.data.scan import open_data
 
     with Progress(transient=True, disable=as_json) as bar:
         task = bar.add_task("reading image headers", total=None)
-        index = scan(data_dir, val_split=val_split, progress=lambda n: bar.advance(task, n))
+        index = open_data(data_dir, val_split=val_split, progress=lambda n: bar.advance(task, n))
     reports = check_leakage(index)
     leaks = [r for r in reports if r.leaks]
     if as_json:
@@ -213,23 +231,23 @@ def _short(d: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(d.items())[:4])
 
 
-@app.command("main")
+@app.command("main", context_settings=TRAINING_OVERRIDES)
 @user_errors
 def main_cmd(
+    ctx: typer.Context,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Image folder; default: the built-in set.")] = None,
     param: ParamOption = None,
     archs: Annotated[Optional[str], typer.Option(
         help="Comma-separated architectures to train; arch:key=value overrides a parameter for one. "
-             "Default: " + DEFAULT_ARCHS)] = None,
-    perturb: Annotated[str, typer.Option(help="Robustness check of the champion: default, all, none or a list.")] = "default",
-    experiment: Annotated[str, typer.Option(help="MLflow experiment of the training runs.")] = "dfk",
+             "Default: " + SETTINGS.archs)] = None,
+    perturb: Annotated[str, typer.Option(help="Robustness check of the champion: default, all, none or a list.")] = SETTINGS.perturb,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the training runs.")] = SETTINGS.experiment,
 ) -> None:
     """The whole job: train each arch, register the best, promote behind the gate, check robustness."""
-    from dfk.config import TrainConfig
     from dfk.workflow import parse_archs, run_main
 
-    base = TrainConfig.from_overrides(parse_overrides(param), data_dir=data_dir)
-    archs = archs or DEFAULT_ARCHS
+    base = TrainConfig.from_overrides(parse_overrides(param, ctx), data_dir=data_dir)
+    archs = archs or SETTINGS.archs
     parse_archs(archs, base)  # bad entries fail here, before TensorFlow starts
     _quiet_tensorflow()
     r = run_main(base, archs, experiment, perturb)
@@ -240,53 +258,57 @@ def main_cmd(
 
 
 # ----------------------------------------------------------------------------- tuning
-@app.command()
+@app.command(context_settings=TRAINING_OVERRIDES)
 @user_errors
 def tune(
+    ctx: typer.Context,
     arch: Annotated[Optional[str], typer.Option(help="Architecture to tune (see `dfk models`).")] = None,
     data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Image folder; default: the built-in set.")] = None,
     param: ParamOption = None,
-    n_trials: Annotated[int, typer.Option(help="Trials to add to the study.")] = 20,
-    objective: Annotated[str, typer.Option(help="Per-epoch validation metric to optimise.")] = "val_auc",
+    n_trials: Annotated[int, typer.Option(help="Trials to add to the study.")] = SETTINGS.n_trials,
+    objective: Annotated[str, typer.Option(help="Per-epoch validation metric to optimise.")] = SETTINGS.objective,
     direction: Annotated[Optional[str], typer.Option(help="maximize or minimize (default: minimize for losses).")] = None,
-    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = "median",
+    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = SETTINGS.pruner,
     study_name: Annotated[Optional[str], typer.Option(help="Resume this study (or start it); default: a new one.")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL; default: sqlite:///optuna.db here.")] = None,
+    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL; default: optuna.db beside the tracking store.")] = None,
     space: Annotated[Optional[str], typer.Option(help="YAML file overriding the search space.")] = None,
     workers: Annotated[int, typer.Option(help="Processes working on the same study.")] = 1,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment of the sweep.")] = "dfk-tune",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the sweep.")] = SETTINGS.tune_experiment,
 ) -> None:
     """Optuna sweep: one parent MLflow run, each trial a child run; pruned and failed trials marked."""
-    from dfk.config import TrainConfig
-
-    base = TrainConfig.from_overrides(parse_overrides(param), arch=arch, data_dir=data_dir)
+    base = TrainConfig.from_overrides(parse_overrides(param, ctx), arch=arch, data_dir=data_dir)
     _quiet_tensorflow()
     from dfk.evaluation import lower_is_better
     from dfk.tuning import SweepSpec, tune as run_tune
 
     spec = SweepSpec(base=base, n_trials=n_trials, objective=objective,
                      direction=direction or ("minimize" if lower_is_better(objective) else "maximize"), pruner=pruner,
-                     study_name=study_name or "", storage=storage or "", space_path=space, workers=workers,
+                     study_name=study_name or "", storage=storage or "", space_path=_unset(space), workers=workers,
                      experiment=experiment)
     r = run_tune(spec)
     typer.echo(f"study {r.study_name}: {r.n_trials} trials " + ", ".join(f"{k.lower()} {v}" for k, v in sorted(r.states.items())))
     if r.best_value is not None:
         typer.echo(f"best {objective} {r.best_value:.4f} with {r.best_params} (run {r.best_run_id})")
-    typer.echo(f"parent run {r.parent_run_id} in experiment {experiment!r}")
+    typer.echo(f"parent run {r.parent_run_id} in experiment {r.experiment!r}; study storage {r.storage}")
 
 
 # ----------------------------------------------------------------------------- registry
+ExperimentScope = Annotated[Optional[str], typer.Option(
+    help="Experiment whose training runs to consider; default: every experiment (mlflow run puts runs "
+         "in the experiment it is given, Default without --experiment-name).")]
+
+
 @app.command()
 @user_errors
 def register(
-    experiment: Annotated[str, typer.Option(help="Experiment whose runs compete.")] = "dfk",
-    metric: Annotated[str, typer.Option(help="Run metric that picks the best (ties: lower test_log_loss).")] = "test_roc_auc",
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "deepfake-detector",
+    experiment: ExperimentScope = None,
+    metric: Annotated[str, typer.Option(help="Run metric that picks the best (ties: lower test_log_loss).")] = SETTINGS.select_metric,
+    name: Annotated[str, typer.Option(help="Registered model name.")] = SETTINGS.model_name,
 ) -> None:
     """Register the best finished run as a new version with alias 'challenger' (the first also 'champion')."""
     from dfk.registry import register_best
 
-    r = register_best(experiment, metric, name)
+    r = register_best(_unset(experiment), metric, name)
     typer.echo(f"{'registered' if r.created else 'already registered'} {r.name} version {r.version} "
                f"(run {r.run_id}) as {', '.join(r.aliases)}")
     typer.echo(f"models:/{r.name}@{r.aliases[-1]}")
@@ -295,38 +317,46 @@ def register(
 @app.command()
 @user_errors
 def promote(
-    name: Annotated[str, typer.Option(help="Registered model name.")] = "deepfake-detector",
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Folder whose test split decides; default: the built-in set.")] = None,
-    margin: Annotated[float, typer.Option(min=0.0, help="ROC-AUC the challenger must gain to become champion.")] = 0.005,
+    name: Annotated[str, typer.Option(help="Registered model name.")] = SETTINGS.model_name,
+    data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help=(
+        "Folder (or builtin) whose test split decides; default: the challenger's own training data, "
+        "split as its run split it."))] = None,
+    margin: Annotated[float, typer.Option(min=0.0, help="ROC-AUC the challenger must gain to become champion.")] = SETTINGS.promotion_margin,
 ) -> None:
     """Evaluate challenger and champion on the same test split; move 'champion' only if better by MARGIN."""
     _quiet_tensorflow()
     from dfk.registry import promote as run_promote
 
-    d = run_promote(name, data_dir, margin)
+    d = run_promote(name, _unset(data_dir), margin)
     typer.echo(f"{'promoted' if d.promoted else 'not promoted'}: {d.reason}")
-    typer.echo(f"champion: models:/{name}@champion (version {d.champion})")
+    if d.data:
+        typer.echo(f"judged on {d.data}")
+    typer.echo(f"champion: models:/{name}@{SETTINGS.champion} (version {d.champion})")
 
 
 @app.command()
 @user_errors
 def evaluate(
     model: Annotated[str, typer.Argument(help="runs:/RUN/model, models:/NAME@ALIAS or a local model folder.")],
-    data_dir: Annotated[str, typer.Option("--data", "-d", help="Folder (Kaggle layout or flat Fake|Real).")],
+    data_dir: Annotated[Optional[str], typer.Option("--data", "-d", help=(
+        "Folder (Kaggle layout or flat Fake|Real) or builtin; default: the data the model was trained on, "
+        "split as its run split it."))] = None,
     perturb: Annotated[Optional[str], typer.Option(help="all, default, or e.g. jpeg:50,blur (every level of blur).")] = None,
     split: Annotated[str, typer.Option(help="Split to score: test, validation or train.")] = "test",
-    experiment: Annotated[str, typer.Option(help="MLflow experiment of the evaluation run.")] = "dfk-eval",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the evaluation run.")] = SETTINGS.eval_experiment,
 ) -> None:
     """Score a model on a folder and log an evaluation run (metrics, plots, report, robustness)."""
+    from dfk.data.scan import SPLITS
     from dfk.scoring import ROBUST_METRICS, parse_perturbations
 
     perturbations = parse_perturbations(perturb)
-    if split not in ("train", "validation", "test"):
-        raise UserError(f"split must be train, validation or test, got {split!r}")
+    if split not in SPLITS:
+        raise UserError(f"split must be {', '.join(SPLITS)}, got {split!r}")
     _quiet_tensorflow()
     from dfk.scoring import evaluate_model
 
-    run_id, score = evaluate_model(model, data_dir, perturbations, experiment, split)
+    run_id, score, data = evaluate_model(model, _unset(data_dir), perturbations, experiment, split)
+    typer.echo(f"scored on {data.replace('the test split', f'the {split} split', 1)}")
     m = score.clean.metrics
     typer.echo(f"clean: ROC-AUC {m['roc_auc']:.4f}  EER {m['eer']:.4f}  accuracy {m['accuracy']:.4f}")
     for (kind, level), r in score.robust.items():
@@ -339,8 +369,8 @@ def evaluate(
 @app.command()
 @user_errors
 def compare(
-    experiment: Annotated[str, typer.Option(help="Experiment whose runs to compare.")] = "dfk",
-    metric: Annotated[str, typer.Option(help="Metric to sort by (losses and EER ascending).")] = "test_roc_auc",
+    experiment: ExperimentScope = None,
+    metric: Annotated[str, typer.Option(help="Metric to sort by (losses and EER ascending).")] = SETTINGS.select_metric,
     format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
     chart: Annotated[Path, typer.Option(help="Where to save the bar chart PNG.")] = Path("compare.png"),
 ) -> None:
@@ -348,18 +378,10 @@ def compare(
     if format not in ("table", "json", "csv"):
         raise UserError(f"format must be table, json or csv, got {format!r}")
     _quiet_tensorflow()
-    import mlflow
+    from dfk.compare import compare_runs, log_comparison
 
-    from dfk.compare import bar_chart, compare_runs
-
-    table = compare_runs(experiment, metric)
-    bar_chart(table, metric, chart)
-    # The chart is also kept in the experiment, in a run of its own tagged as a comparison.
-    exp = mlflow.get_experiment_by_name(experiment)
-    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"compare-{metric}",
-                          tags={"dfk_compare": "true"}):
-        mlflow.log_artifact(str(chart))
-        mlflow.log_text(table.to_csv(index=False), "compare.csv")
+    table = compare_runs(_unset(experiment), metric)
+    log_comparison(table, metric, chart, _unset(experiment))
     if format == "json":
         typer.echo(table.to_json(orient="records", indent=2))
     elif format == "csv":
@@ -377,48 +399,8 @@ def compare(
 
 
 # ----------------------------------------------------------------------------- explain
-def collect_images(inputs: List[Path]) -> list[Path]:
-    """Image files named directly or found (recursively, hidden files skipped) in folders."""
-    from dfk.data.decode import IMAGE_EXTENSIONS
-
-    found: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                            and not any(part.startswith(".") for part in p.relative_to(item).parts))
-        elif item.exists():
-            found.append(item)
-        else:
-            raise UserError(f"{item} does not exist")
-    if not found:
-        raise UserError(f"no image files in {', '.join(map(str, inputs))}")
-    return found
-
-
-class ImageBatches:
-    """Decoded batches of image files; unreadable files are reported on stderr and counted."""
-
-    def __init__(self, files: list[Path], image_size: int, batch_size: int) -> None:
-        self.files, self.image_size, self.batch_size = files, image_size, batch_size
-        self.skipped = 0
-
-    def __iter__(self):
-        import numpy as np
-
-        from dfk.data.decode import BadImage, read_image
-
-        for start in range(0, len(self.files), self.batch_size):
-            chunk = self.files[start:start + self.batch_size]
-            batch, names = [], []
-            for f in chunk:
-                try:
-                    batch.append(read_image(str(f), self.image_size))
-                    names.append(f)
-                except BadImage as exc:
-                    self.skipped += 1
-                    typer.echo(f"dfk: skipped {f}: {exc}", err=True)
-            x = np.stack(batch).astype(np.float32) if batch else np.zeros((0, self.image_size, self.image_size, 3), np.float32)
-            yield names, x, len(chunk)
+def _report_skip(path: Path, reason: str) -> None:
+    typer.echo(f"dfk: skipped {path}: {reason}", err=True)
 
 
 @app.command()
@@ -432,29 +414,26 @@ def predict(
     """Score image files and folders in batches; write a CSV; skip and report unreadable files."""
     import csv
 
+    from dfk.data.decode import collect_images
+
     files = collect_images(inputs)
     _quiet_tensorflow()
     from rich.progress import Progress
 
+    from dfk.scoring import predict_files
     from dfk.serving import load_detector
 
     detector = load_detector(model)
-    rows = []
-    batches = ImageBatches(files, detector.image_size, batch_size)
     with Progress(transient=True) as bar:
         task = bar.add_task("scoring", total=len(files))
-        for names, x, n in batches:
-            if names:
-                probs = detector.score(x)
-                rows += [(str(f), float(p), "fake" if p >= detector.threshold else "real") for f, p in zip(names, probs)]
-            bar.advance(task, n)
-    skipped = batches.skipped
+        rows = predict_files(detector, files, batch_size, _report_skip, lambda n: bar.advance(task, n))
     tmp = out.with_name(out.name + ".part")
     with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "probability_fake", "label"])
         w.writerows((p, f"{prob:.6f}", lab) for p, prob, lab in rows)
     tmp.replace(out)
+    skipped = len(files) - len(rows)
     typer.echo(f"wrote {len(rows)} predictions to {out}" + (f"; skipped {skipped} unreadable" if skipped else ""))
 
 
@@ -463,56 +442,32 @@ def predict(
 def gradcam_cmd(
     model: Annotated[str, typer.Argument(help="runs:/RUN/model, models:/NAME@ALIAS or a local model folder.")],
     inputs: Annotated[List[Path], typer.Argument(help="Image files and/or folders.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays and the gallery.")] = Path("gradcam"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays and the gallery.")] = Path(SETTINGS.gradcam_out),
     layer: Annotated[Optional[str], typer.Option(help="Target layer (default: the last convolutional map).")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per gradient pass.")] = 16,
 ) -> None:
     """Grad-CAM overlays for images, plus one gallery PNG (original | heatmap | overlay)."""
+    from dfk.data.decode import collect_images
+
     files = collect_images(inputs)
     _quiet_tensorflow()
-    import numpy as np
-    from PIL import Image
-
-    from dfk.explain import GALLERY_ROWS, gradcam, gradient_function, overlay, save_gallery
+    from dfk.explain import explain_files
     from dfk.serving import load_detector
 
-    detector = load_detector(model)
-    fn = gradient_function(detector.model, layer)
-    out.mkdir(parents=True, exist_ok=True)
-    used: set[str] = set()  # overlay names written by this call (same stems get a counter)
-    gallery: list[tuple] = []  # only the rows the gallery shows stay in memory
-    written = 0
-    batches = ImageBatches(files, detector.image_size, batch_size)
-    for names, x, _ in batches:
-        if not names:
-            continue
-        h, p = gradcam(detector.model, x, fn=fn)
-        p = detector.calibrated(p)  # report what the served model reports
-        for f, img, hm, prob in zip(names, x, h, p):
-            name, k = f"{f.stem}_gradcam.png", 1
-            while name in used:
-                k += 1
-                name = f"{f.stem}_{k}_gradcam.png"
-            used.add(name)
-            Image.fromarray(overlay(np.uint8(img), hm)).save(out / name)
-            written += 1
-            typer.echo(f"{f}\t{prob:.4f}\t{'fake' if prob >= detector.threshold else 'real'}\t{out / name}")
-            if len(gallery) < GALLERY_ROWS:
-                gallery.append((img, hm, prob, f.name))
-    if not written:
-        raise UserError(f"none of the {len(files)} images could be read")
-    imgs, heats, probs, titles = zip(*gallery)
-    save_gallery(np.stack(imgs), np.stack(heats), np.array(probs), detector.threshold, out / "gallery.png", titles)
-    skipped = batches.skipped
-    typer.echo(f"wrote {written} overlays and {out / 'gallery.png'}" + (f"; skipped {skipped}" if skipped else ""))
+    def written(path, prob, label, overlay_path):
+        typer.echo(f"{path}\t{prob:.4f}\t{label}\t{overlay_path}")
+
+    r = explain_files(load_detector(model), files, out, _unset(layer), batch_size, on_written=written,
+                      on_skip=_report_skip)
+    typer.echo(f"wrote {r.written} overlays and {r.gallery}" + (f"; skipped {r.skipped}" if r.skipped else ""))
 
 
 # ----------------------------------------------------------------------------- web app
 @app.command("app")
 @user_errors
 def app_cmd(
-    model: Annotated[str, typer.Argument(help="runs:/RUN/model, models:/NAME@ALIAS or a local model folder.")] = "models:/deepfake-detector@champion",
-    port: Annotated[int, typer.Option(help="Port on the host.")] = 8000,
+    model: Annotated[str, typer.Argument(help="runs:/RUN/model, models:/NAME@ALIAS or a local model folder.")] = SETTINGS.champion_uri,
+    port: Annotated[int, typer.Option(help="Port on the host.")] = SETTINGS.app_port,
     host: Annotated[str, typer.Option(help="Interface to listen on; the default keeps the app on this machine.")] = "127.0.0.1",
     mlflow_ui: Annotated[Optional[str], typer.Option("--mlflow-ui", help="MLflow UI address for run links (default: the tracking URI when it is http).")] = None,
     max_mb: Annotated[float, typer.Option(min=0.001, help="Largest upload in MB.")] = 20.0,
@@ -523,8 +478,8 @@ def app_cmd(
     _quiet_tensorflow()
     from dfk.webapp import Limits, serve
 
-    serve(model, host=host, port=port, ui_url=mlflow_ui,
-          limits=Limits(max_bytes=int(max_mb * 2**20), max_files=max_files), layer=layer)
+    serve(model, host=host, port=port, ui_url=_unset(mlflow_ui),
+          limits=Limits(max_bytes=int(max_mb * 2**20), max_files=max_files), layer=_unset(layer))
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m dfk`

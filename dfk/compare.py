@@ -6,10 +6,11 @@ import math
 from pathlib import Path
 
 from dfk.errors import UserError
+from dfk.settings import SETTINGS
 
 #: Columns of the comparison, in order: (header, where in the run it comes from).
 COLUMNS = (
-    ("run", "run_id"), ("name", "tags.mlflow.runName"), ("arch", "tags.arch"),
+    ("run", "run_id"), ("experiment", "experiment"), ("name", "tags.mlflow.runName"), ("arch", "tags.arch"),
     ("weights", "tags.backbone_weights"), ("image_size", "params.image_size"), ("batch_size", "params.batch_size"),
     ("learning_rate", "params.learning_rate"), ("epochs", "metrics.epochs_trained"),
     ("val_auc", "metrics.best_val_roc_auc"), ("test_roc_auc", "metrics.test_roc_auc"),
@@ -18,36 +19,53 @@ COLUMNS = (
 )
 
 
-def compare_runs(experiment: str, metric: str = "test_roc_auc"):
-    """A DataFrame of the experiment's finished training runs, best first by ``metric``."""
+def compare_runs(experiment: str | None = None, metric: str = SETTINGS.select_metric):
+    """A DataFrame of the finished training runs of ``experiment`` (every experiment when None), best
+    first by ``metric``."""
     import mlflow
     import pandas as pd
 
+    from dfk import tracking
+    from dfk.evaluation import lower_is_better
     from dfk.tracking import RESOLVED
 
-    if mlflow.get_experiment_by_name(experiment) is None:
-        raise UserError(f"experiment {experiment!r} does not exist; train a model first (dfk train)")
-    runs = mlflow.search_runs(experiment_names=[experiment],
-                              filter_string="attributes.status = 'FINISHED' and tags.arch != ''")
+    runs = tracking.trained_runs(experiment, output_format="pandas")
+    where = f"experiment {experiment!r}" if experiment else "any experiment"
     if runs.empty or f"metrics.{metric}" not in runs:
-        raise UserError(f"no finished training run with metric {metric!r} in experiment {experiment!r}")
-    runs = runs[runs.get("tags.sweep", pd.Series(index=runs.index, dtype=object)).fillna("") != "parent"]
+        raise UserError(f"no finished training run with metric {metric!r} in {where}; "
+                        "train one first (dfk train, or mlflow run . -e srm)")
+    names = {e.experiment_id: e.name for e in mlflow.search_experiments()}
+    runs["experiment"] = runs["experiment_id"].map(names)
     runs["duration"] = (runs["end_time"] - runs["start_time"]).dt.total_seconds().round(1)
     for src in [c for _, c in COLUMNS if f"{c}{RESOLVED}" in runs]:  # "auto" given to mlflow run: what it became
         runs[src] = runs[f"{src}{RESOLVED}"].fillna(runs[src])
     table = pd.DataFrame({header: runs[src] if src in runs else None for header, src in COLUMNS})
     table["run"] = table["run"].str[:8]
     table[metric] = runs[f"metrics.{metric}"].values
-    from dfk.evaluation import lower_is_better
-
     table = table.sort_values(metric, ascending=lower_is_better(metric), na_position="last").reset_index(drop=True)
     return table.loc[:, ~table.columns.duplicated()]
 
 
-def bar_chart(table, metric: str, path: Path) -> Path:
-    from dfk.evaluation import _fig, _save
+def log_comparison(table, metric: str, chart: Path, experiment: str | None = None) -> str:
+    """Draw the bar chart to ``chart`` and keep it, with the table, in a run of its own tagged as a
+    comparison (in ``experiment``, or dfk's own when the table spans experiments). Returns its id."""
+    import mlflow
 
-    plt = _fig()
+    from dfk import tracking
+
+    bar_chart(table, metric, chart)
+    exp = mlflow.set_experiment(experiment or SETTINGS.experiment)
+    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"compare-{metric}",
+                          tags={"dfk_compare": "true", **tracking.standard_tags()}) as run:
+        mlflow.log_artifact(str(chart))
+        mlflow.log_text(table.to_csv(index=False), "compare.csv")
+    return run.info.run_id
+
+
+def bar_chart(table, metric: str, path: Path) -> Path:
+    from dfk.plots import pyplot, save
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(table)), 3.6))
     labels = [f"{a}\n{r}" for a, r in zip(table["arch"], table["run"])]
     values = [v if isinstance(v, float) and math.isfinite(v) else 0 for v in table[metric]]
@@ -58,4 +76,4 @@ def bar_chart(table, metric: str, path: Path) -> Path:
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=7)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _save(fig, path)
+    return save(fig, path)

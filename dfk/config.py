@@ -127,6 +127,16 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
+    def data_spec(self):
+        """This run's images and split settings (:class:`dfk.data.scan.DataSpec`)."""
+        from dfk.data.scan import DataSpec
+
+        return DataSpec.of(self.data_dir, self.val_split, self.seed)
+
+    def open_data(self, progress=None):
+        """This run's images, opened the one way (:func:`dfk.data.scan.open_data`)."""
+        return self.data_spec().open(progress)
+
     @property
     def augmentations(self) -> tuple[str, ...]:
         return tuple(a.strip() for a in self.augment.split(",") if a.strip() and a.strip() != "none")
@@ -192,13 +202,14 @@ def parse_pairs(pairs: Iterable[str], bad: Callable[[str], str]) -> dict[str, st
     return out
 
 
-def field_comments() -> dict[str, str]:
-    """The "why" comment above each field, for ``dfk params`` and the rendered MLproject."""
+def field_comments(cls: type = None) -> dict[str, str]:
+    """The "why" comment above each field of ``cls`` (default :class:`TrainConfig`), for
+    ``dfk params`` and the rendered MLproject."""
     import inspect
 
     comments: dict[str, str] = {}
     pending: list[str] = []
-    for line in inspect.getsource(TrainConfig).splitlines():
+    for line in inspect.getsource(cls or TrainConfig).splitlines():
         s = line.strip()
         if s.startswith("# ") and not s.startswith("# ---"):
             pending.append(s[2:])

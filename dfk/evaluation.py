@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from dfk import LABELS
+from dfk.plots import pyplot, save
 
 CLASS_NAMES = [LABELS[0], LABELS[1]]  # index = label
 
@@ -26,21 +27,32 @@ def lower_is_better(metric: str) -> bool:
     return any(k in metric for k in ("loss", "eer", "brier", "ece"))
 
 
+def predicted(y_prob, threshold: float) -> np.ndarray:
+    """The decision rule, the same everywhere: 1 (fake) at or above the threshold, else 0 (real)."""
+    return (np.asarray(y_prob) >= threshold).astype(int)
+
+
+def verdict(y_prob, threshold: float):
+    """:func:`predicted` as words: "fake"/"real" for one probability, an array of them for many."""
+    words = np.array(CLASS_NAMES)[predicted(y_prob, threshold)]
+    return str(words) if words.ndim == 0 else words
+
+
 def _both_classes(y: np.ndarray) -> bool:
     return len(np.unique(y)) == 2
 
 
 def eer(y_true: np.ndarray, y_prob: np.ndarray) -> tuple[float, float]:
-    """Equal error rate and the threshold where false-positive and false-negative rates meet."""
+    """Equal error rate and its threshold, defined as DeepfakeBench's ``get_test_metrics`` defines it
+    (so figures compare with the field's): on sklearn's ROC curve, the point where the false-negative
+    and false-positive rates are closest; the EER is that point's false-positive rate."""
     from sklearn.metrics import roc_curve
 
     if not _both_classes(y_true):
         return math.nan, 0.5
     fpr, tpr, thr = roc_curve(y_true, y_prob)
-    fnr = 1 - tpr
-    i = int(np.nanargmin(np.abs(fnr - fpr)))
-    rate = float((fpr[i] + fnr[i]) / 2)
-    return rate, float(min(1.0, thr[i]))
+    i = int(np.nanargmin(np.abs((1 - tpr) - fpr)))
+    return float(fpr[i]), float(min(1.0, thr[i]))
 
 
 def threshold_at_fpr(y_true: np.ndarray, y_prob: np.ndarray, target_fpr: float) -> float:
@@ -108,7 +120,7 @@ def apply_temperature(y_prob: Sequence[float], temperature: float) -> np.ndarray
 def _at_threshold(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-    pred = (p >= threshold).astype(int)
+    pred = predicted(p, threshold)
     return {
         "accuracy": float(accuracy_score(y, pred)),
         "precision": float(precision_score(y, pred, zero_division=0)),
@@ -151,7 +163,7 @@ class Evaluation:
 
     @property
     def y_pred(self) -> np.ndarray:
-        return (self.y_prob >= self.threshold).astype(int)
+        return predicted(self.y_prob, self.threshold)
 
 
 def evaluate_predictions(y_true, y_prob, threshold: float = 0.5, paths: Sequence[str] = ()) -> Evaluation:
@@ -161,22 +173,13 @@ def evaluate_predictions(y_true, y_prob, threshold: float = 0.5, paths: Sequence
 
 
 # ----------------------------------------------------------------------------- artifacts
-def _fig():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def write_report(ev: Evaluation, out_dir: str | Path, prefix: str = "test") -> list[Path]:
     """Confusion matrix (PNG + JSON), classification report (text + JSON), ROC, PR, reliability."""
     from sklearn.calibration import CalibrationDisplay
     from sklearn.metrics import (ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay,
                                  classification_report, confusion_matrix)
 
-    plt = _fig()
+    plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -186,7 +189,7 @@ def write_report(ev: Evaluation, out_dir: str | Path, prefix: str = "test") -> l
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ConfusionMatrixDisplay(cm, display_labels=CLASS_NAMES).plot(ax=ax, cmap="Blues", colorbar=False)
     ax.set_title(f"{prefix}: confusion matrix (threshold {ev.threshold:.3f})")
-    written.append(_save(fig, out / f"{prefix}_confusion_matrix.png"))
+    written.append(save(fig, out / f"{prefix}_confusion_matrix.png"))
     (out / f"{prefix}_confusion_matrix.json").write_text(json.dumps({
         "labels": CLASS_NAMES, "matrix": cm.tolist(), "threshold": ev.threshold,
         "tn": int(cm[0, 0]), "fp": int(cm[0, 1]), "fn": int(cm[1, 0]), "tp": int(cm[1, 1]),
@@ -203,21 +206,21 @@ def write_report(ev: Evaluation, out_dir: str | Path, prefix: str = "test") -> l
         fig, ax = plt.subplots(figsize=(4.5, 4))
         RocCurveDisplay.from_predictions(y, p, ax=ax, name="model", plot_chance_level=True)
         ax.set_title(f"{prefix}: ROC (AUC {ev.metrics['roc_auc']:.3f}, EER {ev.metrics['eer']:.3f})")
-        written.append(_save(fig, out / f"{prefix}_roc_curve.png"))
+        written.append(save(fig, out / f"{prefix}_roc_curve.png"))
         fig, ax = plt.subplots(figsize=(4.5, 4))
         PrecisionRecallDisplay.from_predictions(y, p, ax=ax, name="model", plot_chance_level=True)
         ax.set_title(f"{prefix}: precision-recall (AP {ev.metrics['average_precision']:.3f})")
-        written.append(_save(fig, out / f"{prefix}_pr_curve.png"))
+        written.append(save(fig, out / f"{prefix}_pr_curve.png"))
     fig, ax = plt.subplots(figsize=(4.5, 4))
     CalibrationDisplay.from_predictions(y, p, n_bins=10, ax=ax, name="model")
     ax.set_title(f"{prefix}: reliability (ECE {ev.metrics['ece']:.3f})")
-    written.append(_save(fig, out / f"{prefix}_reliability_diagram.png"))
+    written.append(save(fig, out / f"{prefix}_reliability_diagram.png"))
     return written
 
 
 def plot_learning_curves(history: dict[str, list[float]], path: str | Path) -> Path:
     """Accuracy and loss, train vs validation, side by side as in the notebook's figures."""
-    plt = _fig()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("accuracy", "loss")):
         epochs = range(1, len(history.get(key, [])) + 1)
@@ -227,13 +230,4 @@ def plot_learning_curves(history: dict[str, list[float]], path: str | Path) -> P
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(key)
         ax.legend()
-    return _save(fig, Path(path))
-
-
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
+    return save(fig, Path(path))

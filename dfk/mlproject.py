@@ -1,136 +1,147 @@
-"""Render the MLproject file from :class:`dfk.config.TrainConfig`, so defaults live in one place.
+"""Render the MLproject file from :class:`dfk.config.TrainConfig` and :data:`dfk.settings.SETTINGS`.
 
-``python -m dfk.mlproject > MLproject`` rewrites it; a test checks the committed file matches.
+Each entry point runs one ``dfk`` command (``python -m dfk ...``), so an entry point and the
+command it stands for cannot drift apart, and every default is the one the command itself has.
+``python -m dfk.mlproject > MLproject`` rewrites the file; a test checks the committed file matches.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+from dataclasses import dataclass
+from typing import Any
 
-from dfk.config import AUTO, TrainConfig, field_comments
+from dfk.config import AUTO, BUILTIN_DATA, TrainConfig, field_comments
 from dfk.models import list_models
-from dfk.workflow import DEFAULT_ARCHS
+from dfk.settings import SETTINGS, Settings
 
-#: TrainConfig fields every architecture entry point declares (the rest keep their defaults).
+#: TrainConfig fields every architecture entry point declares. Any other field still works:
+#: ``mlflow run . -e cnn -P dropout=0.3`` reaches ``dfk train`` as ``--dropout 0.3``.
 ENTRY_PARAMS = (
     "data_dir", "image_size", "batch_size", "epochs", "learning_rate", "patience", "warmup_epochs", "lr_patience",
     "weights",
     "fine_tune_at", "fine_tune_lr", "fine_tune_epochs", "augment", "target_fpr", "seed",
 )
 
+MODEL_URI_HELP = "runs:/RUN/model, models:/NAME@ALIAS or a local model folder"
 
-def _param(name: str, hints, defaults) -> str:
-    """``name: {type, default}`` for a TrainConfig field; None defaults become "auto" strings."""
-    default = defaults[name]
-    kind = "float" if hints[name] in (int, float) and default is not None else "string"
-    return f"{name}: {{type: {kind}, default: \"{AUTO if default is None else default}\"}}"
+
+@dataclass(frozen=True)
+class Param:
+    """One entry-point parameter and how it reaches the command line."""
+
+    name: str
+    default: Any  # None: required
+    comment: str
+    flag: str | None = None  # "--option"; "-P" for a TrainConfig field as key=value; None: positional
+    number: bool = False
+
+    def yaml(self) -> str:
+        kind = "float" if self.number else "string"
+        default = "" if self.default is None else f", default: \"{self.default}\""
+        return f"{self.name}: {{type: {kind}{default}}}"
+
+    def arg(self) -> str:
+        if self.flag == "-P":
+            return f"-P {self.name}={{{self.name}}}"
+        return f"{self.flag} {{{self.name}}}" if self.flag else f"{{{self.name}}}"
+
+
+_TRAIN_HINTS = typing.get_type_hints(TrainConfig)
+_TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+_TRAIN_COMMENTS = field_comments(TrainConfig)
+_SETTING_COMMENTS = field_comments(Settings)
+
+
+def train_param(name: str, flag: str = "-P") -> Param:
+    """A TrainConfig field; a None default is spelled "auto"."""
+    default = _TRAIN_DEFAULTS[name]
+    number = _TRAIN_HINTS[name] in (int, float) and default is not None
+    return Param(name, AUTO if default is None else default, _TRAIN_COMMENTS.get(name, ""), flag, number)
+
+
+def setting(name: str, flag: str | None, field: str) -> Param:
+    """A command option whose default and comment are a field of :class:`~dfk.settings.Settings`."""
+    default = getattr(SETTINGS, field)
+    return Param(name, default, _SETTING_COMMENTS[field], flag, isinstance(default, (int, float)))
+
+
+def model_uri() -> Param:
+    return Param("model_uri", SETTINGS.champion_uri, MODEL_URI_HELP)
+
+
+#: Entry points other than the architectures: name -> (dfk command words, parameters).
+COMMANDS: dict[str, tuple[tuple[str, ...], tuple[Param, ...]]] = {
+    "main": (("main",), (
+        train_param("data_dir", "--data-dir"), setting("archs", "--archs", "archs"),
+        train_param("image_size"), train_param("epochs"), setting("perturb", "--perturb", "perturb"),
+    )),
+    "evaluate": (("evaluate",), (
+        model_uri(),
+        Param("data_dir", "", "Folder to score; empty: the data the model was trained on, split as its run split it; "
+              f"{BUILTIN_DATA}: the built-in set.", "--data"),
+        Param("perturb", "none", "Perturbations to score under: all, default, none or e.g. jpeg:50,blur.", "--perturb"),
+    )),
+    "tune": (("tune",), (
+        train_param("arch", "--arch"), train_param("data_dir", "--data-dir"),
+        setting("n_trials", "--n-trials", "n_trials"), setting("objective", "--objective", "objective"),
+        setting("pruner", "--pruner", "pruner"),
+        Param("study_name", "", "Study to resume or start; empty: a new one.", "--study-name"),
+        Param("storage", "", "Optuna storage URL; empty: optuna.db beside the MLflow tracking store.", "--storage"),
+        Param("space", "", "YAML file overriding the search space; empty keeps the default.", "--space"),
+        Param("workers", 1, "Processes working on the same study.", "--workers", number=True),
+        train_param("epochs"), train_param("image_size"),
+    )),
+    "compare": (("compare",), (
+        Param("experiment", "", "Experiment whose training runs to compare; empty: every experiment.", "--experiment"),
+        setting("metric", "--metric", "select_metric"),
+    )),
+    "register": (("register",), (
+        Param("experiment", "", "Experiment whose finished runs compete; empty: every experiment.", "--experiment"),
+        setting("metric", "--metric", "select_metric"), setting("name", "--name", "model_name"),
+    )),
+    "promote": (("promote",), (
+        setting("name", "--name", "model_name"),
+        Param("data_dir", "", "Folder whose test split decides; empty: the challenger's own training data, split as "
+              f"its run split it; {BUILTIN_DATA}: the built-in set.", "--data-dir"),
+        setting("margin", "--margin", "promotion_margin"),
+    )),
+    "gradcam": (("gradcam",), (
+        model_uri(), Param("images", None, "An image file or a folder of images."),
+        setting("out", "--out", "gradcam_out"),
+        Param("layer", "", "Target layer; empty: the last convolutional map of at least 8x8.", "--layer"),
+    )),
+    "app": (("app",), (
+        model_uri(), setting("port", "--port", "app_port"),
+        Param("mlflow_ui", "", "MLflow UI address for run links; empty: the tracking URI when it is http.",
+              "--mlflow-ui"),
+    )),
+    "synth": (("data", "synth"), (setting("out", None, "synth_out"),)),
+}
+
+
+def entry_points() -> dict[str, tuple[tuple[str, ...], tuple[Param, ...]]]:
+    """Every entry point: one per architecture, then the commands."""
+    archs = {arch: (("train", "--arch", arch), tuple(train_param(n) for n in ENTRY_PARAMS)) for arch in list_models()}
+    return {**archs, **COMMANDS}
 
 
 def render() -> str:
-    hints = typing.get_type_hints(TrainConfig)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    comments = field_comments()
     lines = [
-        "# Generated by `python -m dfk.mlproject > MLproject` from dfk/config.py; edit that, not this.",
+        "# Generated by `python -m dfk.mlproject > MLproject` from dfk/config.py and dfk/settings.py; edit those.",
         "name: dfk",
         "",
         "conda_env: conda.yaml",
         "",
         "entry_points:",
     ]
-    for arch in list_models():
-        lines += [f"  {arch}:", "    parameters:"]
-        for name in ENTRY_PARAMS:
-            lines.append(f"      # {comments.get(name, '')}")
-            lines.append(f"      {_param(name, hints, defaults)}")
-        args = " ".join(f"{n}={{{n}}}" for n in ENTRY_PARAMS)
-        lines += [f"    command: \"python -m pipelines.train {arch} {args}\"", ""]
-    lines += [
-        "  main:",
-        "    parameters:",
-        "      data_dir: {type: string, default: \"builtin\"}",
-        "      # comma-separated architectures to train as child runs; arch:key=value overrides one's parameter",
-        f"      archs: {{type: string, default: \"{DEFAULT_ARCHS}\"}}",
-        f"      {_param('image_size', hints, defaults)}",
-        f"      epochs: {{type: float, default: \"{defaults['epochs']}\"}}",
-        "      # robustness check of the champion: default, all, none or e.g. jpeg:50,blur",
-        "      perturb: {type: string, default: \"default\"}",
-        "    command: \"python -m pipelines.main {data_dir} {archs} {image_size} {epochs} {perturb}\"",
-        "",
-        "  evaluate:",
-        "    parameters:",
-        "      model_uri: {type: string, default: \"models:/deepfake-detector@champion\"}",
-        "      data_dir: {type: string}",
-        "      # all, default, none or e.g. jpeg:50,blur",
-        "      perturb: {type: string, default: \"none\"}",
-        "    command: \"python -m pipelines.evaluate {model_uri} {data_dir} {perturb}\"",
-        "",
-        "  tune:",
-        "    parameters:",
-        "      arch: {type: string, default: \"cnn\"}",
-        "      data_dir: {type: string, default: \"builtin\"}",
-        "      n_trials: {type: float, default: \"20\"}",
-        "      # per-epoch validation metric to optimise (val_auc, val_accuracy, val_loss, ...)",
-        "      objective: {type: string, default: \"val_auc\"}",
-        "      # median, hyperband or none",
-        "      pruner: {type: string, default: \"median\"}",
-        "      # resume this study; empty starts a new one",
-        "      study_name: {type: string, default: \"\"}",
-        "      # Optuna storage URL; empty: sqlite:///optuna.db beside mlflow.db",
-        "      storage: {type: string, default: \"\"}",
-        "      # YAML file overriding the search space; empty keeps the default",
-        "      space: {type: string, default: \"\"}",
-        "      workers: {type: float, default: \"1\"}",
-        f"      epochs: {{type: float, default: \"{defaults['epochs']}\"}}",
-        f"      {_param('image_size', hints, defaults)}",
-        "    command: \"python -m pipelines.tune {arch} {data_dir} {n_trials} {objective} {pruner} {workers} {epochs} "
-        "{image_size} {study_name} {storage} {space}\"",
-        "",
-        "  register:",
-        "    parameters:",
-        "      # experiment whose finished runs compete",
-        "      experiment: {type: string, default: \"dfk\"}",
-        "      # run metric that picks the best (ties: lower test_log_loss)",
-        "      metric: {type: string, default: \"test_roc_auc\"}",
-        "      name: {type: string, default: \"deepfake-detector\"}",
-        "    command: \"python -m pipelines.register {experiment} {metric} {name}\"",
-        "",
-        "  promote:",
-        "    parameters:",
-        "      name: {type: string, default: \"deepfake-detector\"}",
-        "      # folder whose test split decides; builtin: the built-in set",
-        "      data_dir: {type: string, default: \"builtin\"}",
-        "      # ROC-AUC the challenger must gain to become champion",
-        "      margin: {type: float, default: \"0.005\"}",
-        "    command: \"python -m pipelines.promote {name} {data_dir} {margin}\"",
-        "",
-        "  gradcam:",
-        "    parameters:",
-        "      # runs:/RUN/model, models:/NAME@ALIAS or a local model folder",
-        "      model_uri: {type: string, default: \"models:/deepfake-detector@champion\"}",
-        "      # an image file or a folder of images",
-        "      images: {type: string}",
-        "      out: {type: string, default: \"gradcam\"}",
-        "      # target layer; empty picks the last convolutional map",
-        "      layer: {type: string, default: \"\"}",
-        "    command: \"python -m pipelines.gradcam {model_uri} {images} {out} {layer}\"",
-        "",
-        "  app:",
-        "    parameters:",
-        "      # runs:/RUN/model, models:/NAME@ALIAS or a local model folder",
-        "      model_uri: {type: string, default: \"models:/deepfake-detector@champion\"}",
-        "      port: {type: float, default: \"8000\"}",
-        "      # MLflow UI address for run links; empty: the tracking URI when it is http",
-        "      mlflow_ui: {type: string, default: \"\"}",
-        "    command: \"python -m pipelines.app {model_uri} {port} {mlflow_ui}\"",
-        "",
-        "  synth:",
-        "    parameters:",
-        "      out: {type: string, default: \"data/synthetic\"}",
-        "    command: \"python -m pipelines.synth {out}\"",
-        "",
-    ]
+    for name, (words, params) in entry_points().items():
+        lines += [f"  {name}:", "    parameters:"]
+        for p in params:
+            lines += [f"      # {p.comment}", f"      {p.yaml()}"]
+        command = " ".join(["python -m dfk", *words, *(p.arg() for p in params)])
+        lines += [f"    command: \"{command}\"", ""]
     return "\n".join(lines)
 
 

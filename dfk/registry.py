@@ -1,10 +1,11 @@
 """The model registry: register the best run as ``challenger``, promote it to ``champion`` behind a gate.
 
-``models:/deepfake-detector@champion`` is the URI everything downstream uses. Promotion
-re-evaluates both aliases on the same test split with the shared evaluation module and moves
-``champion`` only when the challenger's ROC-AUC is better by ``margin``; the comparison is written
-into the version's description and tags either way. Running it twice changes nothing the second
-time.
+``models:/deepfake-detector@champion`` (:attr:`dfk.settings.Settings.champion_uri`) is the URI
+everything downstream uses. Promotion scores both aliases on the same test split with the shared
+evaluation module (by default the challenger's own training data, split as its run split it) and
+moves ``champion`` only when the challenger's ROC-AUC is better by ``margin``; the comparison and
+the data that decided are written into the version's description and tags either way. Running it
+twice changes nothing the second time.
 """
 
 from __future__ import annotations
@@ -12,12 +13,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from dfk.errors import UserError
+from dfk.settings import SETTINGS
 
-DEFAULT_MODEL_NAME = "deepfake-detector"
-CHALLENGER, CHAMPION = "challenger", "champion"
 #: Metrics copied onto a registered version as tags.
 VERSION_METRICS = ("test_roc_auc", "test_log_loss", "test_accuracy", "test_eer", "test_average_precision")
 
@@ -31,36 +30,31 @@ class Registered:
     created: bool
 
 
-def best_run(experiment: str, metric: str = "test_roc_auc"):
-    """The finished run with a logged model that ranks first by ``metric`` (lower log loss breaks ties)."""
-    import mlflow
-
-    exp = mlflow.get_experiment_by_name(experiment)
-    if exp is None:
-        raise UserError(f"experiment {experiment!r} does not exist; train a model first (dfk train)")
+def best_run(experiment: str | None = None, metric: str = SETTINGS.select_metric, parent_run_id: str | None = None):
+    """The finished run with a logged model that ranks first by ``metric`` (lower log loss breaks ties),
+    among the training runs of ``experiment`` (every experiment when None) or of one parent run."""
+    from dfk import tracking
     from dfk.evaluation import lower_is_better
 
-    runs = mlflow.search_runs(
-        [exp.experiment_id],
-        filter_string="attributes.status = 'FINISHED' and tags.model_uri LIKE 'runs:/%'",
-        order_by=[f"metrics.{metric} {'ASC' if lower_is_better(metric) else 'DESC'}", "metrics.test_log_loss ASC"],
-        max_results=50,
-        output_format="list",
-    )
+    runs = tracking.trained_runs(
+        experiment, parent_run_id=parent_run_id, max_results=50,
+        order_by=[f"metrics.{metric} {'ASC' if lower_is_better(metric) else 'DESC'}", "metrics.test_log_loss ASC"])
     runs = [r for r in runs if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])]
     if not runs:
-        raise UserError(f"no finished run with a model and metric {metric!r} in experiment {experiment!r}")
+        where = f"experiment {experiment!r}" if experiment else "any experiment"
+        raise UserError(f"no finished training run with a model and metric {metric!r} in {where}; "
+                        "train one first (dfk train, or mlflow run . -e srm)")
     return runs[0]
 
 
-def register_best(experiment: str = "dfk", metric: str = "test_roc_auc",
-                  name: str = DEFAULT_MODEL_NAME) -> Registered:
+def register_best(experiment: str | None = None, metric: str = SETTINGS.select_metric, name: str = SETTINGS.model_name,
+                  parent_run_id: str | None = None) -> Registered:
     """Register the best run as a new version (or reuse its version), alias it ``challenger``."""
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    run = best_run(experiment, metric)
+    run = best_run(experiment, metric, parent_run_id)
     existing = [v for v in _versions(client, name) if v.run_id == run.info.run_id]
     created = not existing
     if existing:
@@ -77,11 +71,11 @@ def register_best(experiment: str = "dfk", metric: str = "test_roc_auc",
     })
     for k, v in tags.items():
         client.set_model_version_tag(name, version.version, k, v)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    aliases = [CHALLENGER]
-    if _alias_version(client, name, CHAMPION) is None:
-        client.set_registered_model_alias(name, CHAMPION, version.version)
-        aliases.append(CHAMPION)
+    client.set_registered_model_alias(name, SETTINGS.challenger, version.version)
+    aliases = [SETTINGS.challenger]
+    if _alias_version(client, name, SETTINGS.champion) is None:
+        client.set_registered_model_alias(name, SETTINGS.champion, version.version)
+        aliases.append(SETTINGS.champion)
     return Registered(name, str(version.version), run.info.run_id, aliases, created)
 
 
@@ -106,53 +100,54 @@ class Decision:
     challenger: str
     champion: str  # the champion version after the decision
     metrics: dict
+    data: str = ""  # which folder and split decided
 
 
-def evaluate_uri(model_uri: str, data_dir: str | Path) -> dict:
-    """Score a registered or logged model on a folder's test split with the shared metrics."""
-    from dfk.data.scan import scan
-    from dfk.scoring import score_folder
-    from dfk.serving import load_detector
-
-    return score_folder(load_detector(model_uri), scan(data_dir)).clean.metrics
-
-
-def promote(name: str = DEFAULT_MODEL_NAME, data_dir: str | Path | None = None, margin: float = 0.005,
+def promote(name: str = SETTINGS.model_name, data_dir: str | None = None, margin: float = SETTINGS.promotion_margin,
             metric: str = "roc_auc") -> Decision:
-    """Move ``champion`` to ``challenger`` when it is better by ``margin`` on the same test split."""
+    """Move ``champion`` to ``challenger`` when it is better by ``margin`` on the same test split:
+    ``data_dir``'s, or by default the challenger's own training data, split as its run split it."""
     from mlflow import MlflowClient
 
+    from dfk.scoring import model_data, score_folder, scoring_data
+    from dfk.serving import load_detector
+
     client = MlflowClient()
-    challenger = _alias_version(client, name, CHALLENGER)
-    champion = _alias_version(client, name, CHAMPION)
+    challenger = _alias_version(client, name, SETTINGS.challenger)
+    champion = _alias_version(client, name, SETTINGS.champion)
     if challenger is None:
-        raise UserError(f"registered model {name!r} has no {CHALLENGER!r} version; run dfk register first")
+        raise UserError(f"registered model {name!r} has no {SETTINGS.challenger!r} version; run dfk register first")
     if champion is None or champion.version == challenger.version:
         if champion is None:
-            client.set_registered_model_alias(name, CHAMPION, challenger.version)
+            client.set_registered_model_alias(name, SETTINGS.champion, challenger.version)
         return Decision(champion is None, "challenger is already the champion" if champion else "no champion yet",
                         str(challenger.version), str(challenger.version), {})
-    if data_dir is None:
-        from dfk.data.synth import builtin_dataset
-
-        data_dir = builtin_dataset()
-    ch = evaluate_uri(f"models:/{name}/{challenger.version}", data_dir)
-    cp = evaluate_uri(f"models:/{name}/{champion.version}", data_dir)
+    challenger_uri, champion_uri = f"models:/{name}/{challenger.version}", f"models:/{name}/{champion.version}"
+    index, data = scoring_data(challenger_uri, data_dir)
+    theirs = model_data(champion_uri)
+    if theirs is not None and theirs.same_images(index.spec) and not theirs.same_split(index.spec):
+        data += (f"; champion v{champion.version} was split with val_split {theirs.val_split:g}, seed {theirs.seed}, "
+                 "so some of these test images may be in its training split")
+    ch = score_folder(load_detector(challenger_uri), index).clean.metrics
+    cp = score_folder(load_detector(champion_uri), index).clean.metrics
     gain = ch[metric] - cp[metric]
     promoted = bool(gain >= margin)
     reason = (f"challenger v{challenger.version} {metric} {ch[metric]:.4f} vs champion v{champion.version} "
               f"{cp[metric]:.4f}: {'+' if gain >= 0 else ''}{gain:.4f} "
               f"{'>=' if promoted else '<'} margin {margin}")
     if promoted:
-        client.set_registered_model_alias(name, CHAMPION, challenger.version)
+        client.set_registered_model_alias(name, SETTINGS.champion, challenger.version)
     verdict = "promoted to champion" if promoted else "kept as challenger"
-    comparison = {"challenger": {k: ch[k] for k in ("roc_auc", "log_loss", "accuracy", "eer")},
-                  "champion": {k: cp[k] for k in ("roc_auc", "log_loss", "accuracy", "eer")},
-                  "margin": margin, "metric": metric, "promoted": promoted, "data_dir": str(data_dir)}
-    client.update_model_version(name, challenger.version, description=f"{verdict}: {reason}\n\n"
+    shown = ("roc_auc", "log_loss", "accuracy", "eer")
+    comparison = {"challenger": {k: ch[k] for k in shown}, "champion": {k: cp[k] for k in shown},
+                  "margin": margin, "metric": metric, "promoted": promoted, "data": data,
+                  "data_dir": index.spec.data_dir, "val_split": index.spec.val_split, "seed": index.spec.seed,
+                  "dataset_fingerprint": index.fingerprint}
+    client.update_model_version(name, challenger.version, description=f"{verdict}: {reason}\n\njudged on {data}\n\n"
                                 f"```json\n{json.dumps(comparison, indent=2)}\n```")
     for k, v in {"promotion_decision": verdict, "promotion_gain": f"{gain:.6f}",
-                 "promotion_against": str(champion.version), "promotion_margin": str(margin)}.items():
+                 "promotion_against": str(champion.version), "promotion_margin": str(margin),
+                 "promotion_data": index.spec.data_dir, "promotion_seed": str(index.spec.seed)}.items():
         client.set_model_version_tag(name, challenger.version, k, v)
     return Decision(promoted, reason, str(challenger.version),
-                    str(challenger.version if promoted else champion.version), comparison)
+                    str(challenger.version if promoted else champion.version), comparison, data)

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from dfk.errors import UserError
+from dfk.settings import SETTINGS
 
 #: kind -> levels. JPEG quality; resize factor; blur sigma (px); noise sigma (0..255); brightness shift.
 PERTURBATIONS: dict[str, tuple] = {
@@ -140,7 +141,7 @@ def write_robustness(score: FolderScore, out: Path) -> list[Path]:
     """The robustness table (CSV and JSON) and one heatmap of ROC-AUC drop per perturbation and level."""
     import pandas as pd
 
-    from dfk.evaluation import _fig, _save
+    from dfk.plots import pyplot, save
 
     rows = [{"perturbation": k, "level": lv, **{m: v[m] for m in ROBUST_METRICS},
              **{f"{m}_drop": score.clean.metrics[m] - v[m] for m in ROBUST_METRICS}}
@@ -152,7 +153,7 @@ def write_robustness(score: FolderScore, out: Path) -> list[Path]:
                                                      "perturbed": rows}, indent=2))
     written = [out / "robustness.csv", out / "robustness.json"]
     if rows:
-        plt = _fig()
+        plt = pyplot()
         labels = [f"{r['perturbation']} {r['level']}" for r in rows]
         values = np.array([[r["roc_auc"] if math.isfinite(r["roc_auc"]) else np.nan for r in rows]])
         fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows)), 2.4))
@@ -163,31 +164,85 @@ def write_robustness(score: FolderScore, out: Path) -> list[Path]:
             ax.text(i, 0, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
         ax.set_title(f"robustness (clean ROC-AUC {score.clean.metrics['roc_auc']:.3f})")
         fig.colorbar(im, ax=ax)
-        written.append(_save(fig, out / "robustness_heatmap.png"))
+        written.append(save(fig, out / "robustness_heatmap.png"))
     return written
 
 
-def evaluate_model(model_uri: str, data_dir: str | Path, perturbations=(), experiment: str = "dfk-eval",
-                   split: str = "test", val_split: float = 0.2, seed: int = 42) -> tuple[str, FolderScore]:
-    """Log an evaluation run: the same metrics, plots and report as training's test stage, plus robustness."""
+def model_data(model_uri: str):
+    """The images ``model_uri``'s run trained on and how it split them (a DataSpec), or None."""
+    from dfk import tracking
+
+    run = tracking.model_run(model_uri)
+    return tracking.run_data(run) if run is not None else None
+
+
+def scoring_data(model_uri: str, data_dir: str | None = None, progress: Callable[[int], None] | None = None):
+    """The data to score ``model_uri`` on, opened, and one line saying which folder and split it is.
+
+    No ``data_dir``: the images the model's run trained on. The folder the run trained on: split as
+    that run split it (fresh defaults would let its training images into the test split). Any other
+    folder ("builtin" included): split with the defaults. A folder that changed since the run (its
+    fingerprint differs) is scored all the same, and the line says so.
+    """
+    from dfk.data.scan import DataSpec
+
+    trained = model_data(model_uri)
+    if not data_dir:
+        if trained is None:
+            raise UserError(f"cannot tell which data {model_uri} was trained on (its run is not in this tracking "
+                            "store); name a folder with --data")
+        spec = trained
+    else:
+        given = DataSpec.of(data_dir)
+        spec = trained if trained is not None and trained.same_images(given) else given
+    index = spec.open(progress)
+    line = spec.describe()
+    if spec is trained:
+        line += ", as the model's run split it"
+        if trained.fingerprint and index.fingerprint != trained.fingerprint:
+            line += (f"; the folder changed since that run (fingerprint {index.fingerprint}, trained on "
+                     f"{trained.fingerprint}), so its test split may hold images the model trained on")
+    return index, line
+
+
+def predict_files(detector, files, batch_size: int, on_skip=None, progress: Callable[[int], None] | None = None):
+    """``(path, probability of fake, verdict)`` for each readable file, scored in batches."""
+    from dfk.data.decode import ImageBatches
+    from dfk.evaluation import verdict
+
+    rows = []
+    batches = ImageBatches(files, detector.image_size, batch_size, on_skip)
+    for names, x, n in batches:
+        if names:
+            probs = detector.score(x)
+            rows += [(str(f), float(p), str(v)) for f, p, v in zip(names, probs, verdict(probs, detector.threshold))]
+        if progress:
+            progress(n)
+    return rows
+
+
+def evaluate_model(model_uri: str, data_dir: str | None = None, perturbations=(),
+                   experiment: str = SETTINGS.eval_experiment, split: str = "test"):
+    """Log an evaluation run: the same metrics, plots and report as training's test stage, plus
+    robustness. Returns ``(run id, FolderScore, the line saying which data was scored)``."""
     import tempfile
 
     import mlflow
 
     from dfk import tracking
-    from dfk.data.scan import scan
     from dfk.evaluation import write_report
     from dfk.serving import load_detector
 
-    index = scan(data_dir, val_split=val_split, seed=seed)
+    index, data = scoring_data(model_uri, data_dir)
     detector = load_detector(model_uri)
     tracking.use_experiment(experiment)
-    tags = {"model_uri": model_uri, "evaluation": "true", **tracking.standard_tags()}
-    with tracking.run(f"evaluate-{Path(str(data_dir)).name}", tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
-        tracking.log_params_once({"model_uri": model_uri, "data_dir": str(data_dir), "split": split,
+    tags = {"model_uri": model_uri, "evaluation": "true", "scored_on": data[:5000], **tracking.standard_tags()}
+    with tracking.run(f"evaluate-{Path(index.root).name}", tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
+        tracking.log_params_once({"model_uri": model_uri, "data_dir": index.spec.data_dir, "split": split,
+                                  "val_split": index.spec.val_split, "seed": index.spec.seed,
                                   "perturbations": ",".join(f"{k}:{lv}" for k, lv in perturbations) or "none"})
         tracking.log_dataset(index, context="evaluation")
-        score = score_folder(detector, index, split, perturbations, seed)
+        score = score_folder(detector, index, split, perturbations, index.spec.seed)
         metrics = {f"test_{k}": v for k, v in score.clean.metrics.items()}
         metrics.update(score.robust_metrics())
         mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
@@ -196,4 +251,4 @@ def evaluate_model(model_uri: str, data_dir: str | Path, perturbations=(), exper
             write_robustness(score, Path(tmp) / "robustness")
         mlflow.log_artifacts(tmp)
         mlflow.log_text("".join(f"{p}\t{r}\n" for p, r in score.skipped), "data/skipped_files.tsv")
-        return active.info.run_id, score
+        return active.info.run_id, score, data

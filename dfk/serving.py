@@ -114,6 +114,8 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
+        from dfk.evaluation import verdict
+
         if isinstance(model_input, dict):
             model_input = pd.DataFrame(model_input)
         if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
@@ -125,7 +127,7 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         probs = self.score(batch)
         return pd.DataFrame({
             "probability_fake": probs.astype(np.float64),
-            "label": np.where(probs >= self.threshold, "fake", "real"),
+            "label": verdict(probs, self.threshold),
         })
 
 

@@ -11,12 +11,16 @@ from typing import Any, Iterator, Mapping
 import mlflow
 
 import dfk
+from dfk.errors import UserError
+from dfk.settings import SETTINGS
 
-DEFAULT_EXPERIMENT = "dfk"
+#: Finished runs that trained a model, sweep trials included (sweep and job parents, evaluations
+#: and comparisons have no ``runs:/`` model of their own or no ``arch``).
+TRAINED = "attributes.status = 'FINISHED' and tags.arch != '' and tags.model_uri LIKE 'runs:/%'"
 
 
 def use_experiment(name: str | None) -> None:
-    """Select the experiment: ``name``, else the one MLflow's environment names, else ``dfk``.
+    """Select the experiment: ``name``, else the one MLflow's environment names, else dfk's own.
 
     Under ``mlflow run`` the run already exists in its experiment, so nothing changes.
     """
@@ -25,7 +29,49 @@ def use_experiment(name: str | None) -> None:
     if name:
         mlflow.set_experiment(name)
     elif not (os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID")):
-        mlflow.set_experiment(DEFAULT_EXPERIMENT)
+        mlflow.set_experiment(SETTINGS.experiment)
+
+
+def trained_runs(experiment: str | None = None, order_by: list[str] | None = None, parent_run_id: str | None = None,
+                 output_format: str = "list", max_results: int = 1000):
+    """Finished training runs of ``experiment``, or of every experiment when it is None: ``mlflow
+    run`` puts runs in whichever experiment it is given (``Default`` without --experiment-name),
+    and ``dfk register``/``compare`` find them there with no flag."""
+    if experiment and mlflow.get_experiment_by_name(experiment) is None:
+        raise UserError(f"experiment {experiment!r} does not exist; train a model first (dfk train)")
+    where = TRAINED + (f" and tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else "")
+    scope = {"experiment_names": [experiment]} if experiment else {"search_all_experiments": True}
+    return mlflow.search_runs(filter_string=where, order_by=order_by, output_format=output_format,
+                              max_results=max_results, **scope)
+
+
+@contextlib.contextmanager
+def parent_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> Iterator[tuple[str, str]]:
+    """The parent run of a command that starts runs of its own (the whole job, a sweep).
+
+    Under ``mlflow run`` it is the entry point's run (its experiment wins); else a new run in
+    ``experiment``. Yields ``(run_id, experiment name)`` and ends the run FINISHED, FAILED on an
+    error or KILLED on Ctrl-C.
+    """
+    client = mlflow.MlflowClient()
+    tags = {**standard_tags(), **tags}
+    run_id = take_entry_run()
+    if run_id:
+        experiment = client.get_experiment(client.get_run(run_id).info.experiment_id).name
+        for k, v in tags.items():
+            client.set_tag(run_id, k, v)
+    else:
+        exp = mlflow.set_experiment(experiment)
+        run_id = client.create_run(exp.experiment_id, run_name=run_name, tags=tags).info.run_id
+    status = "FAILED"
+    try:
+        yield run_id, experiment
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        client.set_terminated(run_id, status)
 
 
 @contextlib.contextmanager
@@ -55,19 +101,53 @@ def take_entry_run() -> str | None:
 RESOLVED = "_resolved"
 
 
-def log_params_once(params: Mapping[str, Any]) -> None:
-    """Log params, skipping keys the run already has (``mlflow run`` logs its own -P values).
+def log_params_once(params: Mapping[str, Any], run_id: str | None = None) -> None:
+    """Log params to ``run_id`` (default: the active run) once, with the values actually used.
 
-    Where ``mlflow run`` logged ``auto``, the value it resolved to is logged as ``<key>_resolved``.
+    ``mlflow run`` has already logged its entry point's parameters as typed (``auto``, an empty
+    storage, ``4.0``); a key it logged is not logged again, and where the value used differs
+    (``auto`` resolved, a default filled in) that value is logged as ``<key>_resolved``.
     """
-    from dfk.config import AUTO
-
-    run = mlflow.active_run()
-    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
-    fresh = {k: ("" if v is None else v) for k, v in params.items() if k not in existing}
-    fresh.update({f"{k}{RESOLVED}": v for k, v in params.items() if existing.get(k) == AUTO and v is not None})
+    run_id = run_id or mlflow.active_run().info.run_id
+    client = mlflow.MlflowClient()
+    existing = client.get_run(run_id).data.params
+    used = {k: "" if v is None else str(v) for k, v in params.items()}
+    fresh = {k: v for k, v in used.items() if k not in existing}
+    fresh.update({f"{k}{RESOLVED}": v for k, v in used.items()
+                  if k in existing and existing[k] != v and v and f"{k}{RESOLVED}" not in existing})
     if fresh:
-        mlflow.log_params(fresh)
+        client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in fresh.items()])
+
+
+def run_param(run, key: str) -> str | None:
+    """A run's parameter as used: ``<key>_resolved`` where there is one."""
+    params = run.data.params
+    return params.get(f"{key}{RESOLVED}", params.get(key))
+
+
+def model_run(model_uri: str):
+    """The run that logged the model at ``model_uri`` (runs:/, models:/ or a local folder), or None
+    when the model names no run or its run is not in this tracking store."""
+    from mlflow.models import get_model_info
+
+    try:
+        run_id = get_model_info(model_uri).run_id
+        return mlflow.get_run(run_id) if run_id else None
+    except Exception:  # no such model or run here: the caller decides what that means
+        return None
+
+
+def run_data(run):
+    """The images a training run used and how it split them (:class:`dfk.data.scan.DataSpec`), or None."""
+    from dfk.config import TrainConfig
+    from dfk.data.scan import DataSpec
+
+    data_dir = run.data.tags.get("dataset_dir") or run_param(run, "data_dir")
+    if not data_dir:
+        return None
+    val_split, seed = run_param(run, "val_split"), run_param(run, "seed")
+    return DataSpec(data_dir, float(val_split) if val_split else TrainConfig.val_split,
+                    int(float(seed)) if seed else TrainConfig.seed, run.data.tags.get("dataset_fingerprint", ""))
 
 
 def git_commit() -> str:
@@ -96,7 +176,8 @@ def log_dataset(index, context: str = "training") -> None:
     tags = {f"{split}_{cls}": str(n) for split, c in counts.items() for cls, n in c.items()}
     tags["fingerprint"] = index.fingerprint
     mlflow.log_input(ds, context=context, tags=tags)
-    mlflow.set_tags({"dataset_name": name, "dataset_fingerprint": index.fingerprint})
+    mlflow.set_tags({"dataset_name": name, "dataset_fingerprint": index.fingerprint,
+                     "dataset_dir": index.spec.data_dir if index.spec else index.root})
     mlflow.log_dict(index.summary(), "data/dataset.json")
     bad = "\n".join(f"{p}\t{reason}" for p, reason in index.bad_files)
     mlflow.log_text(bad + ("\n" if bad else ""), "data/bad_files.tsv")

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dfk.config import BUILTIN_DATA, TrainConfig
+from dfk.config import TrainConfig
 from dfk.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -34,20 +34,6 @@ class TrainResult:
     backbone_weights: str
     model: Any = field(repr=False, default=None)
     model_uri: str | None = None
-
-
-def resolve_data_dir(cfg: TrainConfig) -> Path:
-    if cfg.data_dir == BUILTIN_DATA:
-        from dfk.data.synth import builtin_dataset
-
-        return builtin_dataset()
-    return Path(cfg.data_dir).expanduser()
-
-
-def load_index(cfg: TrainConfig):
-    from dfk.data.scan import scan
-
-    return scan(resolve_data_dir(cfg), val_split=cfg.val_split, seed=cfg.seed)
 
 
 def compile_model(model, learning_rate: float) -> None:
@@ -130,7 +116,7 @@ def predict_split(model, ds) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def _backbone(model):
-    from dfk.models.applications import BACKBONE
+    from dfk.models import BACKBONE
 
     try:
         return model.get_layer(BACKBONE)
@@ -160,11 +146,13 @@ def train(
     callbacks: Sequence[Any] = (),
     log_model: bool = True,
     tags: dict[str, str] | None = None,
+    index=None,
 ) -> TrainResult:
     """Train ``cfg.arch`` on ``cfg.data_dir`` and log one complete MLflow run.
 
     ``parent_run_id`` makes the run a child of that run (also from another process, as tuning
-    workers are); ``callbacks`` join Keras' fit (the tuner's pruning callback).
+    workers are); ``callbacks`` join Keras' fit (the tuner's pruning callback); ``index`` is the
+    data already opened for ``cfg`` (opened here when it is None or was split otherwise).
     """
     import keras
     import mlflow
@@ -176,7 +164,8 @@ def train(
     from dfk.models import create_model
 
     keras.utils.set_random_seed(cfg.seed)
-    index = load_index(cfg)  # user errors surface before any run is created
+    if index is None or not index.spec.same_split(cfg.data_spec()):
+        index = cfg.open_data()  # user errors surface before any run is created
     model, used_weights = create_model(cfg.arch, cfg.image_size, cfg.weights, cfg.dropout, cfg.dense_units)
     backbone = _backbone(model)
     pretrained = used_weights != "random"

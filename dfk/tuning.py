@@ -1,6 +1,7 @@
 """Optuna sweeps over the one training path, each trial a child MLflow run of one parent run.
 
-* The study lives in an Optuna RDB storage (default: SQLite ``optuna.db`` beside ``mlflow.db``);
+* The study lives in an Optuna RDB storage (default: SQLite ``optuna.db`` beside the MLflow
+  tracking store, see :func:`default_storage`);
   ``--study-name`` resumes a study and adds trials; ``--storage postgresql://...`` lets many
   machines share it; ``--workers N`` starts N processes on the same storage.
 * TPE, seeded; MedianPruner by default (``hyperband`` or ``none`` selectable), fed every epoch by
@@ -26,6 +27,7 @@ from typing import Any
 
 from dfk.config import TrainConfig
 from dfk.errors import UserError
+from dfk.settings import SETTINGS
 
 #: Per-epoch Keras metrics a sweep can optimise.
 OBJECTIVES = ("val_auc", "val_accuracy", "val_loss", "val_precision", "val_recall")
@@ -124,15 +126,15 @@ class SweepSpec:
     """Everything one sweep needs; the same object goes to every worker process."""
 
     base: TrainConfig
-    n_trials: int = 20
-    objective: str = "val_auc"
+    n_trials: int = SETTINGS.n_trials
+    objective: str = SETTINGS.objective
     direction: str = "maximize"
-    pruner: str = "median"
+    pruner: str = SETTINGS.pruner
     study_name: str = ""
     storage: str = ""
     space_path: str | None = None
     workers: int = 1
-    experiment: str = "dfk-tune"
+    experiment: str = SETTINGS.tune_experiment
     tracking_uri: str = ""
 
     def validate(self) -> None:
@@ -149,8 +151,28 @@ class SweepSpec:
         load_space(self.base.arch, self.space_path)
 
 
-def default_storage() -> str:
-    return f"sqlite:///{Path('optuna.db').resolve()}"
+#: File name of the default Optuna storage.
+OPTUNA_DB = "optuna.db"
+
+
+def default_storage(tracking_uri: str) -> str:
+    """SQLite ``optuna.db`` beside the tracking store: in the folder of a ``sqlite:///`` database or
+    of a ``file:`` store's folder; for a tracking server, in dfk's cache folder (a sweep that spans
+    machines names a shared ``--storage`` instead). Never simply the working directory, which under
+    ``mlflow run`` is the project checkout."""
+    from urllib.parse import unquote, urlparse
+
+    from dfk.data.synth import cache_dir
+
+    scheme = urlparse(tracking_uri).scheme
+    if scheme == "sqlite" and tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri:
+        folder = Path(unquote(tracking_uri[len("sqlite:///"):])).resolve().parent
+    elif scheme in ("", "file"):
+        folder = Path(unquote(urlparse(tracking_uri).path if scheme else tracking_uri)).expanduser().resolve().parent
+    else:
+        folder = cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / OPTUNA_DB}"
 
 
 def pruner_settings(name: str, epochs: int) -> dict[str, int]:
@@ -187,7 +209,7 @@ def open_study(spec: SweepSpec):
     )
 
 
-def _objective(spec: SweepSpec, parent_run_id: str, space):
+def _objective(spec: SweepSpec, parent_run_id: str, space, index):
     import mlflow
     import optuna
 
@@ -198,7 +220,7 @@ def _objective(spec: SweepSpec, parent_run_id: str, space):
         cfg = spec.base.replace(**params)
         tags = {"optuna_study": spec.study_name, "optuna_trial": str(trial.number)}
         try:
-            result = train(cfg, experiment=spec.experiment, parent_run_id=parent_run_id,
+            result = train(cfg, experiment=spec.experiment, parent_run_id=parent_run_id, index=index,
                            callbacks=[best_so_far_pruning(trial, spec.objective, spec.direction)], tags=tags)
         except optuna.TrialPruned:
             _close_trial_run(spec, trial.number, "KILLED", "PRUNED")
@@ -263,8 +285,9 @@ def _close_trial_run(spec: SweepSpec, number: int, status: str, state: str) -> N
             client.log_metric(r.info.run_id, "epochs_trained", len(history))
 
 
-def _run_trials(spec: SweepSpec, parent_run_id: str, n: int) -> None:
-    """Run ``n`` trials of the shared study in this process (a worker, or the only process)."""
+def _run_trials(spec: SweepSpec, parent_run_id: str, n: int, index=None) -> None:
+    """Run ``n`` trials of the shared study in this process (a worker, or the only process), on the
+    data opened once here (or handed in by the process that opened it)."""
     import logging
     import warnings
 
@@ -277,7 +300,8 @@ def _run_trials(spec: SweepSpec, parent_run_id: str, n: int) -> None:
     logging.getLogger("optuna").setLevel(logging.WARNING)
     study = open_study(spec)
     space = load_space(spec.base.arch, spec.space_path)
-    study.optimize(_objective(spec, parent_run_id, space), n_trials=n, catch=(Exception,), gc_after_trial=True)
+    index = index if index is not None else spec.base.open_data()
+    study.optimize(_objective(spec, parent_run_id, space, index), n_trials=n, catch=(Exception,), gc_after_trial=True)
 
 
 def _worker(spec: SweepSpec, parent_run_id: str, n: int) -> None:  # pragma: no cover - runs in a child process
@@ -294,6 +318,8 @@ class SweepResult:
     best_run_id: str | None
     n_trials: int  # in the study, across every session that added to it
     states: dict[str, int]
+    experiment: str = ""
+    storage: str = ""  # the study's storage URL, password hidden
 
 
 def tune(spec: SweepSpec) -> SweepResult:
@@ -304,37 +330,23 @@ def tune(spec: SweepSpec) -> SweepResult:
 
     spec.validate()
     spec.study_name = spec.study_name or f"{spec.base.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
-    spec.storage = spec.storage or default_storage()
     spec.tracking_uri = spec.tracking_uri or mlflow.get_tracking_uri()
-    from dfk.training import load_index
-
-    load_index(spec.base)  # a bad data folder fails here, before any run exists
+    spec.storage = spec.storage or default_storage(spec.tracking_uri)
+    index = spec.base.open_data()  # a bad data folder fails here, before any run exists
     study = open_study(spec)  # a bad storage URL fails here too
-    client = mlflow.MlflowClient()
-    tags = {"arch": spec.base.arch, "optuna_study": spec.study_name, "sweep": "parent", **tracking.standard_tags()}
-    # Under `mlflow run -e tune` the entry point's run is the parent.
-    pid = tracking.take_entry_run()
-    if pid:
-        spec.experiment = client.get_experiment(client.get_run(pid).info.experiment_id).name
-        for k, v in tags.items():
-            client.set_tag(pid, k, v)
-    else:
-        tracking.use_experiment(spec.experiment)
-        exp = client.get_experiment_by_name(spec.experiment)
-        tags["mlflow.runName"] = f"tune-{spec.base.arch}-{spec.study_name}"
-        pid = client.create_run(exp.experiment_id, tags=tags).info.run_id
-    status = "FAILED"
-    try:
-        client.log_batch(pid, params=[mlflow.entities.Param(k, str(v)) for k, v in {
+    tags = {"arch": spec.base.arch, "optuna_study": spec.study_name, "sweep": "parent"}
+    with tracking.parent_run(spec.experiment, f"tune-{spec.base.arch}-{spec.study_name}", tags) as (pid, experiment):
+        spec.experiment = experiment
+        tracking.log_params_once({
             "arch": spec.base.arch, "n_trials": spec.n_trials, "objective": spec.objective,
             "direction": spec.direction, "pruner": spec.pruner, "study_name": spec.study_name,
             "pruner_settings": describe_pruner(spec.pruner, spec.base.epochs),
             "storage": _redact(spec.storage), "workers": spec.workers, "sampler": "TPE",
             "seed": spec.base.seed, "image_size": spec.base.image_size, "epochs": spec.base.epochs,
-            "data_dir": spec.base.data_dir,
-        }.items()])
+            "data_dir": spec.base.data_dir, "space": spec.space_path or "",
+        }, run_id=pid)
         if spec.workers == 1:
-            _run_trials(spec, pid, spec.n_trials)
+            _run_trials(spec, pid, spec.n_trials, index)
         else:
             ctx = multiprocessing.get_context("spawn")
             shares = [spec.n_trials // spec.workers + (i < spec.n_trials % spec.workers) for i in range(spec.workers)]
@@ -350,14 +362,7 @@ def tune(spec: SweepSpec) -> SweepResult:
                 for p in procs:
                     p.join()
                 raise
-        result = _summarise(spec, study, pid)
-        status = "FINISHED"
-        return result
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        client.set_terminated(pid, status)
+        return _summarise(spec, study, pid)
 
 
 def _redact(url: str) -> str:
@@ -396,19 +401,19 @@ def _summarise(spec: SweepSpec, study, parent_run_id: str) -> SweepResult:
     for k, v in metrics.items():
         client.log_metric(parent_run_id, k, v)
     return SweepResult(parent_run_id, spec.study_name, best.value if best else None, best.params if best else {},
-                       best.user_attrs.get("mlflow_run_id") if best else None, len(trials), states)
+                       best.user_attrs.get("mlflow_run_id") if best else None, len(trials), states,
+                       spec.experiment, _redact(spec.storage))
 
 
 def _plots(study, out: Path) -> None:
     """Optuna's matplotlib plots; one that needs more finished trials than there are is left out."""
     import warnings
 
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
 
+    from dfk.plots import pyplot, save
+
+    pyplot()
     out.mkdir(parents=True, exist_ok=True)
     for name, fn in (("optimization_history", ovm.plot_optimization_history),
                      ("param_importances", ovm.plot_param_importances),
@@ -420,8 +425,6 @@ def _plots(study, out: Path) -> None:
                 ax = fn(study)
             fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
             fig.set_size_inches(8, 5)
-            fig.tight_layout()
-            fig.savefig(out / f"{name}.png", dpi=100)
-            plt.close(fig)
+            save(fig, out / f"{name}.png")
         except Exception as exc:  # e.g. importances need two finished trials
             (out / f"{name}.txt").write_text(f"not drawn: {exc}\n")

@@ -27,10 +27,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from dfk.errors import UserError
+from dfk.settings import SETTINGS
 
 log = logging.getLogger("dfk.app")
 
-DEFAULT_MODEL_URI = "models:/deepfake-detector@champion"
 PAGE = Path(__file__).with_name("webapp_page.html")
 #: Longest side of the overlay sent back to the page: sharp on a phone, small to transfer.
 DISPLAY_SIDE = 512
@@ -107,6 +107,7 @@ class Explainer:
         import cv2
 
         from dfk.data.decode import decode_for_display, decode_image
+        from dfk.evaluation import verdict
         from dfk.explain import gradcam, overlay
 
         d = self.detector
@@ -126,7 +127,7 @@ class Explainer:
         Image.fromarray(overlay(shown, heat)).save(png, format="PNG", optimize=False)
         return {
             "probability_fake": prob,
-            "label": "fake" if prob >= d.threshold else "real",
+            "label": verdict(prob, d.threshold),
             "threshold": d.threshold,
             "overlay": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode(),
             "width": w,
@@ -197,17 +198,27 @@ def create_app(detector, info: ModelInfo, limits: Limits = Limits(), layer: str 
     return app
 
 
-def serve(model_uri: str = DEFAULT_MODEL_URI, host: str = "127.0.0.1", port: int = 8000,
+def _port_is_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def serve(model_uri: str = SETTINGS.champion_uri, host: str = "127.0.0.1", port: int = SETTINGS.app_port,
           ui_url: str | None = None, limits: Limits = Limits(), layer: str | None = None) -> None:
     """Load the model, then serve the page until Ctrl-C."""
     import uvicorn
 
-    from dfk.localserver import port_is_free
     from dfk.serving import load_detector
 
     if not 0 < port < 65536:
         raise UserError(f"port must be between 1 and 65535, got {port}")
-    if not port_is_free(host, port):
+    if not _port_is_free(host, port):
         raise UserError(f"{host}:{port} is already in use; choose another port with --port")
     detector = load_detector(model_uri)
     info = describe_model(model_uri, detector, ui_url)

@@ -10,10 +10,7 @@ from dataclasses import dataclass
 
 from dfk.config import TrainConfig, parse_pairs
 from dfk.errors import UserError
-
-#: What the whole job trains by default, as ``--archs`` / ``-P archs=`` spells it: ``arch`` or
-#: ``arch:key=value:...`` to override parameters for that architecture alone.
-DEFAULT_ARCHS = "srm,resnet:epochs=1:image_size=32"
+from dfk.settings import SETTINGS
 
 
 def parse_archs(archs: str, base: TrainConfig) -> list[TrainConfig]:
@@ -40,48 +37,36 @@ class MainResult:
     evaluation_run_id: str
 
 
-def run_main(base: TrainConfig, archs: str = DEFAULT_ARCHS, experiment: str = "dfk", perturb: str = "default",
-             model_name: str = "deepfake-detector", margin: float = 0.005) -> MainResult:
+def run_main(base: TrainConfig, archs: str = SETTINGS.archs, experiment: str = SETTINGS.experiment,
+             perturb: str = SETTINGS.perturb) -> MainResult:
+    """Train each of ``archs`` as a child run, register the best of them, promote it behind the gate
+    (judged on the data they trained on) and check the champion's robustness there."""
     import mlflow
 
     from dfk import tracking
     from dfk.registry import promote, register_best
     from dfk.scoring import evaluate_model, parse_perturbations
-    from dfk.training import load_index, resolve_data_dir, train
+    from dfk.training import train
 
     perturbations = parse_perturbations(perturb)
     configs = parse_archs(archs, base)  # every bad parameter fails before any run
-    load_index(base)
-    data_dir = resolve_data_dir(base)
+    opened = {}  # each distinct folder and split opened once (a bad folder fails here, before any run)
+    for cfg in configs:
+        if cfg.data_spec() not in opened:
+            opened[cfg.data_spec()] = cfg.open_data()
     client = mlflow.MlflowClient()
-    pid = tracking.take_entry_run()
-    if pid:
-        experiment = client.get_experiment(client.get_run(pid).info.experiment_id).name
-    else:
-        tracking.use_experiment(experiment)
-        exp = client.get_experiment_by_name(experiment)
-        pid = client.create_run(exp.experiment_id, run_name="main", tags={"sweep": "parent"}).info.run_id
-    client.set_tag(pid, "pipeline", "main")
-    status = "FAILED"
-    try:
+    with tracking.parent_run(experiment, "main", {"sweep": "parent", "pipeline": "main"}) as (pid, experiment):
         run_ids = {}
         for cfg in configs:
             print(f"[dfk] main: training {cfg.arch}", flush=True)
-            run_ids[cfg.arch] = train(cfg, experiment=experiment, parent_run_id=pid).run_id
-        registered = register_best(experiment, name=model_name)
-        decision = promote(model_name, data_dir, margin)
-        champion_uri = f"models:/{model_name}@champion"
-        eval_run, score = evaluate_model(champion_uri, data_dir, perturbations, experiment="dfk-eval")
+            run_ids[cfg.arch] = train(cfg, experiment=experiment, parent_run_id=pid, index=opened[cfg.data_spec()]).run_id
+        registered = register_best(parent_run_id=pid)
+        decision = promote()  # on the challenger's own test split
+        eval_run, score, _ = evaluate_model(SETTINGS.champion_uri, None, perturbations)
         for arch, rid in run_ids.items():
             client.set_tag(pid, f"run_{arch}", rid)
         client.set_tag(pid, "registered_version", registered.version)
         client.set_tag(pid, "champion_version", decision.champion)
         client.set_tag(pid, "evaluation_run_id", eval_run)
         client.log_metric(pid, "champion_test_roc_auc", score.clean.metrics["roc_auc"])
-        status = "FINISHED"
-        return MainResult(pid, run_ids, champion_uri, decision.champion, decision.promoted, eval_run)
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        client.set_terminated(pid, status)
+        return MainResult(pid, run_ids, SETTINGS.champion_uri, decision.champion, decision.promoted, eval_run)

@@ -3,7 +3,7 @@
 Not part of CI. Needs `apt-get install chromium chromium-driver`. Point it at a store with
 finished runs and a champion (after `make demo`, `mlflow run .` or `dfk main`):
 
-    .venv/bin/python scripts/ui_screenshots.py --store sqlite:///mlflow.db --out docs/img
+    .venv/bin/python -m scripts.ui_screenshots --store sqlite:///mlflow.db --out docs/img
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from dfk.localserver import free_port, running, venv_tool
+from bench.localserver import free_port, running, venv_tool
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -20,7 +20,7 @@ def test_every_architecture_is_an_entry_point_with_the_issue_parameters():
     for arch in list_models():
         params = spec["entry_points"][arch]["parameters"]
         assert set(ENTRY_PARAMS) <= set(params)
-        assert f"pipelines.train {arch} " in spec["entry_points"][arch]["command"]
+        assert spec["entry_points"][arch]["command"].startswith(f"python -m dfk train --arch {arch} ")
 
 
 def test_conda_env_has_the_same_requirements_as_pyproject():

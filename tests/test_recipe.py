@@ -64,12 +64,13 @@ def test_image_size_is_native_for_the_builtin_set_and_the_notebooks_for_a_folder
 
 
 def test_main_archs_take_per_architecture_overrides_and_fail_early():
-    from dfk.workflow import DEFAULT_ARCHS, parse_archs
+    from dfk.settings import SETTINGS
+    from dfk.workflow import parse_archs
 
     base = TrainConfig.from_overrides(dict(epochs=7))
     configs = parse_archs("srm, resnet:epochs=1:image_size=32", base)
     assert [(c.arch, c.epochs, c.image_size) for c in configs] == [("srm", 7, 64), ("resnet", 1, 32)]
-    assert [c.arch for c in parse_archs(DEFAULT_ARCHS, base)][:1] == ["srm"]
+    assert [c.arch for c in parse_archs(SETTINGS.archs, base)][:1] == ["srm"]
     for bad, message in [("alexnet", "unknown architecture"), ("cnn:epochs", "arch:key=value"),
                          ("cnn:bogus=1", "unknown parameter"), (" , ", "archs is empty")]:
         with pytest.raises(UserError, match=message):

@@ -68,7 +68,7 @@ def test_compare_lists_training_runs_best_first_in_every_format(tiny_data, tmp_p
     assert {"arch", "learning_rate", "epochs", "val_auc", "test_accuracy", "duration_s"} <= set(rows[0])
     assert (tmp_path / "c.png").exists()
     csv_out = runner.invoke(app, ["compare", "--format", "csv", "--chart", str(tmp_path / "c.png")])
-    assert csv_out.stdout.splitlines()[0].startswith("run,name,arch")
+    assert csv_out.stdout.splitlines()[0].startswith("run,experiment,name,arch")
     assert runner.invoke(app, ["compare"]).exit_code == 0  # the comparison runs themselves are not listed
     assert len(json.loads(runner.invoke(app, ["compare", "--format", "json"]).stdout)) == 2
     bad = runner.invoke(app, ["compare", "--experiment", "none-such"])

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dfk.localserver import free_port, request as _post, running, venv_tool
+from bench.localserver import free_port, request as _post, running, venv_tool
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,10 @@ OpenCV resizes (area interpolation when shrinking, which does not alias).
 from __future__ import annotations
 
 import io
+import os
 import warnings
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -119,3 +122,48 @@ def read_image(path: str, size: int | None = None) -> np.ndarray:
     except OSError as exc:
         raise BadImage(f"cannot read file ({exc.strerror})") from None
     return decode_image(data, size)
+
+
+def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """Image files named directly or found (recursively, hidden files skipped) in folders."""
+    from dfk.errors import UserError
+
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                            and not any(part.startswith(".") for part in p.relative_to(item).parts))
+        elif item.exists():
+            found.append(item)
+        else:
+            raise UserError(f"{item} does not exist")
+    if not found:
+        raise UserError(f"no image files in {', '.join(map(str, inputs))}")
+    return found
+
+
+class ImageBatches:
+    """Decoded batches of image files at ``image_size``: ``(files, array, files tried)`` per batch.
+
+    An unreadable file is left out of its batch, counted in ``skipped`` and passed to ``on_skip``.
+    """
+
+    def __init__(self, files: Sequence[Path], image_size: int, batch_size: int,
+                 on_skip: Callable[[Path, str], None] | None = None) -> None:
+        self.files, self.image_size, self.batch_size, self.on_skip = list(files), image_size, batch_size, on_skip
+        self.skipped = 0
+
+    def __iter__(self):
+        for start in range(0, len(self.files), self.batch_size):
+            chunk = self.files[start:start + self.batch_size]
+            batch, names = [], []
+            for f in chunk:
+                try:
+                    batch.append(read_image(str(f), self.image_size))
+                    names.append(f)
+                except BadImage as exc:
+                    self.skipped += 1
+                    if self.on_skip:
+                        self.on_skip(f, str(exc))
+            x = np.stack(batch).astype(np.float32) if batch else np.zeros((0, self.image_size, self.image_size, 3), np.float32)
+            yield names, x, len(chunk)

@@ -12,6 +12,7 @@ listed as bad files before training starts; the pipeline skips files that fail l
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections import Counter
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from dfk.config import BUILTIN_DATA, TrainConfig
 from dfk.errors import UserError
 
 SPLITS = ("train", "validation", "test")
@@ -43,6 +45,40 @@ class ImageInfo:
     mode: str
 
 
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images and how a flat folder is split: enough to open the same index again.
+
+    ``data_dir`` is "builtin" or an absolute path; ``fingerprint`` is what the index had when a run
+    trained on it ("" when unknown), so a later look can tell whether the folder changed since.
+    """
+
+    data_dir: str
+    val_split: float = TrainConfig.val_split
+    seed: int = TrainConfig.seed
+    fingerprint: str = ""
+
+    @classmethod
+    def of(cls, data_dir: str | os.PathLike, val_split: float = TrainConfig.val_split,
+           seed: int = TrainConfig.seed) -> "DataSpec":
+        """``data_dir`` as given by a user: "builtin", or a path made absolute."""
+        d = str(data_dir)
+        return cls(d if d == BUILTIN_DATA else str(Path(d).expanduser().resolve()), float(val_split), int(seed))
+
+    def same_images(self, other: "DataSpec") -> bool:
+        return self.data_dir == other.data_dir
+
+    def same_split(self, other: "DataSpec") -> bool:
+        return (self.data_dir, self.val_split, self.seed) == (other.data_dir, other.val_split, other.seed)
+
+    def open(self, progress: Callable[[int], None] | None = None) -> "DatasetIndex":
+        return open_data(self.data_dir, self.val_split, self.seed, progress)
+
+    def describe(self, split: str = "test") -> str:
+        name = "the built-in set" if self.data_dir == BUILTIN_DATA else self.data_dir
+        return f"the {split} split of {name} (val_split {self.val_split:g}, seed {self.seed})"
+
+
 @dataclass
 class DatasetIndex:
     root: str
@@ -52,6 +88,7 @@ class DatasetIndex:
     ignored_files: int = 0
     info: dict[str, ImageInfo] = field(default_factory=dict)
     fingerprint: str = ""
+    spec: DataSpec | None = None  # how it was opened (set by open_data)
 
     def paths(self, split: str) -> list[str]:
         return [p for p, _ in self.samples[split]]
@@ -163,10 +200,26 @@ def probe(path: str) -> ImageInfo:
         raise BadImage(f"not an image ({type(exc).__name__})") from None
 
 
+def open_data(data_dir: str | os.PathLike, val_split: float = TrainConfig.val_split, seed: int = TrainConfig.seed,
+              progress: Callable[[int], None] | None = None) -> DatasetIndex:
+    """The one way into the data: "builtin" (the synthetic set, generated on first use) or a folder,
+    scanned into its index. Training, tuning, evaluation and promotion all open data here."""
+    spec = DataSpec.of(data_dir, val_split, seed)
+    if spec.data_dir == BUILTIN_DATA:
+        from dfk.data.synth import builtin_dataset
+
+        root = builtin_dataset()
+    else:
+        root = Path(spec.data_dir)
+    index = scan(root, val_split, seed, progress)
+    index.spec = dataclasses.replace(spec, fingerprint=index.fingerprint)
+    return index
+
+
 def scan(
     data_dir: str | os.PathLike,
-    val_split: float = 0.2,
-    seed: int = 42,
+    val_split: float = TrainConfig.val_split,
+    seed: int = TrainConfig.seed,
     progress: Callable[[int], None] | None = None,
 ) -> DatasetIndex:
     """Index ``data_dir``; raises :class:`UserError` for layouts no run could use."""

@@ -17,6 +17,13 @@ if TYPE_CHECKING:  # pragma: no cover
     import keras
 
 
+#: Layer names every built model shares: training, Grad-CAM and serving find layers by these.
+INPUT_LAYER = "image"  # raw 0..255 RGB; each model normalises inside itself
+OUTPUT_LAYER = "probability_fake"
+BACKBONE = "backbone"  # a transfer model's nested keras.applications network
+TOKEN_POOL = "head_pool"  # the head's pooling; on a transformer its input is the last block's tokens
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str

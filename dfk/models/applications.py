@@ -11,10 +11,9 @@ from typing import Callable
 import keras
 from keras import layers
 
-from dfk.models.layers import CaffePreprocess, classification_head
+from dfk.models import BACKBONE
+from dfk.models.layers import CaffePreprocess, classification_head, image_input
 from dfk.models.weights import resolve_backbone_weights
-
-BACKBONE = "backbone"
 
 
 def _transfer_model(
@@ -29,7 +28,7 @@ def _transfer_model(
     **backbone_kwargs,
 ) -> tuple[keras.Model, str]:
     keras_weights, used = resolve_backbone_weights(weights, weights_file, name)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
+    inputs = image_input(image_size)
     x = preprocess(inputs) if preprocess is not None else inputs
     backbone = backbone_fn(
         include_top=False, weights=keras_weights, input_shape=(image_size, image_size, 3), **backbone_kwargs

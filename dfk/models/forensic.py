@@ -21,7 +21,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from dfk.models.layers import NeighbourResidual, SRMResidual
+from dfk.models.layers import NeighbourResidual, SRMResidual, image_input, probability_output
 
 #: Filters of the trunk's blocks; each block halves the map, so a 64 px input ends at 8x8.
 TRUNK_FILTERS = (24, 48, 96, 192)
@@ -41,17 +41,17 @@ def _trunk(x, dropout: float, dense_units: int):
                                                    layers.GlobalMaxPooling2D(name="head_max")(x)])
     x = layers.Dense(dense_units, activation="relu", name="head_dense")(pooled)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    return layers.Dense(1, activation="sigmoid", name="probability_fake", dtype="float32")(x)
+    return probability_output(x)
 
 
 def build_srm(image_size: int, dropout: float, dense_units: int) -> keras.Model:
-    inputs = keras.Input((image_size, image_size, 3), name="image")
+    inputs = image_input(image_size)
     rgb = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="rescale")(inputs)
     x = layers.Concatenate(name="rgb_and_residual")([rgb, SRMResidual(name="srm")(inputs)])
     return keras.Model(inputs, _trunk(x, dropout, dense_units), name="srm")
 
 
 def build_npr(image_size: int, dropout: float, dense_units: int) -> keras.Model:
-    inputs = keras.Input((image_size, image_size, 3), name="image")
+    inputs = image_input(image_size)
     x = NeighbourResidual(name="npr")(inputs)
     return keras.Model(inputs, _trunk(x, dropout, dense_units), name="npr")

@@ -6,6 +6,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from dfk.models import INPUT_LAYER, OUTPUT_LAYER, TOKEN_POOL
+
 
 @keras.saving.register_keras_serializable(package="dfk")
 class CaffePreprocess(layers.Layer):
@@ -86,13 +88,23 @@ class NeighbourResidual(layers.Layer):
         return input_shape
 
 
+def image_input(image_size: int):
+    """The input every model takes: raw 0..255 RGB at the trained size."""
+    return keras.Input((image_size, image_size, 3), name=INPUT_LAYER)
+
+
+def probability_output(x):
+    """The output every model gives: the probability of fake (float32 also under mixed precision)."""
+    return layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYER, dtype="float32")(x)
+
+
 def classification_head(x, dense_units: int, dropout: float):
     """The notebook's ResNet head: GAP -> Dense(512, ReLU) -> BN -> Dropout(0.3) -> Dense(1, sigmoid)."""
     if len(x.shape) == 4:
-        x = layers.GlobalAveragePooling2D(name="head_pool")(x)
+        x = layers.GlobalAveragePooling2D(name=TOKEN_POOL)(x)
     else:
-        x = layers.GlobalAveragePooling1D(name="head_pool")(x)
+        x = layers.GlobalAveragePooling1D(name=TOKEN_POOL)(x)
     x = layers.Dense(dense_units, activation="relu", name="head_dense")(x)
     x = layers.BatchNormalization(name="head_bn")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
-    return layers.Dense(1, activation="sigmoid", name="probability_fake", dtype="float32")(x)
+    return probability_output(x)

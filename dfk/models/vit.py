@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from dfk.models.layers import PositionEmbedding, classification_head
+from dfk.models.layers import PositionEmbedding, classification_head, image_input
 
 GRID = 16  # tokens per side; 256 px images get the usual 16 px patches
 DIM = 128  # token width: small enough to train on a CPU, large enough to learn the artefacts
@@ -20,7 +20,7 @@ MLP_RATIO = 2
 
 def build_vit(image_size: int, dropout: float, dense_units: int) -> keras.Model:
     patch = max(1, image_size // GRID)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
+    inputs = image_input(image_size)
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     x = layers.Conv2D(DIM, patch, strides=patch, name="patch_embed")(x)
     grid = image_size // patch

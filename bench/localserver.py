@@ -2,6 +2,7 @@
 
 One place for "pick a free port, start the process, wait until it answers, stop it however the
 block ends", shared by the serving and web-app tests, their benchmarks and the UI screenshots.
+It lives outside the ``dfk`` package, which every logged model copies.
 """
 
 from __future__ import annotations
@@ -25,15 +26,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def venv_tool(name: str) -> str:

@@ -1,0 +1,59 @@
+"""The settings of the commands around a training run, each named once.
+
+:class:`dfk.config.TrainConfig` holds what one run trains with; this holds what the commands that
+start, pick, promote and serve runs default to: experiment names, the registered model and its
+aliases, the promotion gate, the whole job's architectures, the sweep's defaults. The CLI options,
+the library functions and the MLproject entry points (rendered by :mod:`dfk.mlproject`) all read
+:data:`SETTINGS`; the comment above a field is its help in the MLproject.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Experiment of the runs dfk starts itself (dfk train, dfk main); under mlflow run the runs go
+    # to the experiment mlflow run names, and the commands below find them there.
+    experiment: str = "dfk"
+    # Experiment of sweeps: one parent run per sweep, one child run per trial.
+    tune_experiment: str = "dfk-tune"
+    # Experiment of evaluation runs (dfk evaluate and the whole job's robustness check).
+    eval_experiment: str = "dfk-eval"
+    # Registered model that register adds versions to and everything downstream loads.
+    model_name: str = "deepfake-detector"
+    # Alias of the version that serves.
+    champion: str = "champion"
+    # Alias of the newest registered version, waiting for the promotion gate.
+    challenger: str = "challenger"
+    # Run metric that picks the run to register (ties: lower test_log_loss).
+    select_metric: str = "test_roc_auc"
+    # Test ROC-AUC the challenger must gain over the champion on the same test split to replace it.
+    promotion_margin: float = 0.005
+    # What the whole job trains: comma-separated architectures, arch:key=value overriding a
+    # parameter for one. srm learns the built-in set's traces from scratch; resnet is the notebook's
+    # transfer model (ImageNet weights where reachable), kept to one small epoch offline.
+    archs: str = "srm,resnet:epochs=1:image_size=32"
+    # Robustness check of the champion: default, all, none or a list such as jpeg:50,blur.
+    perturb: str = "default"
+    # Trials a sweep adds to its study.
+    n_trials: int = 20
+    # Per-epoch validation metric a sweep optimises (val_auc, val_accuracy, val_loss, ...).
+    objective: str = "val_auc"
+    # Sweep pruner: median, hyperband or none.
+    pruner: str = "median"
+    # Port of the web app on 127.0.0.1.
+    app_port: int = 8000
+    # Folder for Grad-CAM overlays and their gallery.
+    gradcam_out: str = "gradcam"
+    # Folder dfk data synth writes the built-in set into.
+    synth_out: str = "data/synthetic"
+
+    @property
+    def champion_uri(self) -> str:
+        """The URI serving, the app and the robustness check load."""
+        return f"models:/{self.model_name}@{self.champion}"
+
+
+SETTINGS = Settings()
