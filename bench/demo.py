@@ -16,6 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dfk.settings import SETTINGS
+
 ROOT = Path(__file__).resolve().parents[1]
 #: The issue's bar for the main job: wall time and the champion's test ROC-AUC.
 GOAL_SECONDS, GOAL_AUC = 300, 0.95
@@ -34,7 +36,7 @@ def main() -> None:
                         "--experiment-name", "dfk"], env=env, cwd=tmp, check=True)
         seconds = time.time() - started
         mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-        champion = mlflow.MlflowClient().get_model_version_by_alias("deepfake-detector", "champion")
+        champion = mlflow.MlflowClient().get_model_version_by_alias(SETTINGS.model_name, SETTINGS.champion)
         runs = [r for r in mlflow.search_runs(experiment_names=["dfk"], output_format="list") if "arch" in r.data.tags]
 
     rows = []

@@ -18,6 +18,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from dfk.settings import SETTINGS
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -55,12 +57,12 @@ def main() -> None:
                                               weights="none", gradcam_images=0)), experiment="bench")
         register_best("bench")
         images = [p.read_bytes() for p in sorted((data / "Test").rglob("*.jpg"))][:32]
-        model = mlflow.pyfunc.load_model("models:/deepfake-detector@champion")
+        model = mlflow.pyfunc.load_model(SETTINGS.champion_uri)
         one, batch = pd.DataFrame({"image": images[:1]}), pd.DataFrame({"image": images})
         model.predict(batch)
         port = free_port()
         base = f"http://127.0.0.1:{port}/invocations"
-        cmd = [venv_tool("mlflow"), "models", "serve", "-m", "models:/deepfake-detector@champion",
+        cmd = [venv_tool("mlflow"), "models", "serve", "-m", SETTINGS.champion_uri,
                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "2"]
         with running(cmd, f"http://127.0.0.1:{port}/ping", env=dict(os.environ, MLFLOW_TRACKING_URI=uri)):
             body1 = json.dumps({"inputs": {"image": [base64.b64encode(images[0]).decode()]}}).encode()

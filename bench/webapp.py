@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dfk.settings import SETTINGS
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -49,7 +51,7 @@ def measure(arch: str, epochs: int, repeats: int, tmp: Path, data: Path, screens
     train(TrainConfig.from_overrides(dict(arch=arch, data_dir=str(data), image_size=256, epochs=epochs,
                                           weights="none", gradcam_images=0)), experiment="bench")
     register_best("bench")
-    model = mlflow.pyfunc.load_model("models:/deepfake-detector@champion")
+    model = mlflow.pyfunc.load_model(SETTINGS.champion_uri)
     detector = model.unwrap_python_model()
     fn = gradient_function(detector.model)
     image = sorted((data / "Test" / "Fake").glob("*.jpg"))[0]

@@ -96,14 +96,16 @@ ParamOption = Annotated[
     Optional[List[str]],
     typer.Option("--param", "-P", help="KEY=VALUE override of a training parameter (see `dfk params`); repeatable."),
 ]
+ArchOption = Annotated[Optional[str], typer.Option(help="Architecture (see `dfk models`).")]
+DataDirOption = Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Image folder; default: the built-in set.")]
 
 
 @app.command(context_settings=TRAINING_OVERRIDES)
 @user_errors
 def train(
     ctx: typer.Context,
-    arch: Annotated[Optional[str], typer.Option(help="Architecture (see `dfk models`).")] = None,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Image folder; default: the built-in set.")] = None,
+    arch: ArchOption = None,
+    data_dir: DataDirOption = None,
     param: ParamOption = None,
     experiment: Annotated[Optional[str], typer.Option(help=f"MLflow experiment name (default: {SETTINGS.experiment}).")] = None,
 ) -> None:
@@ -235,7 +237,7 @@ def _short(d: dict) -> str:
 @user_errors
 def main_cmd(
     ctx: typer.Context,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Image folder; default: the built-in set.")] = None,
+    data_dir: DataDirOption = None,
     param: ParamOption = None,
     archs: Annotated[Optional[str], typer.Option(
         help="Comma-separated architectures to train; arch:key=value overrides a parameter for one. "
@@ -254,7 +256,7 @@ def main_cmd(
     typer.echo(f"trained: {', '.join(f'{a} {rid}' for a, rid in r.run_ids.items())}")
     typer.echo(f"champion: {r.champion_uri} (version {r.champion_version}); robustness run {r.evaluation_run_id}")
     typer.echo(f"serve it: mlflow models serve -m {r.champion_uri} --env-manager local -p 5001")
-    typer.echo(f"see it:   dfk app {r.champion_uri}   (then open http://127.0.0.1:8000)")
+    typer.echo(f"see it:   dfk app {r.champion_uri}   (then open http://127.0.0.1:{SETTINGS.app_port})")
 
 
 # ----------------------------------------------------------------------------- tuning
@@ -262,8 +264,8 @@ def main_cmd(
 @user_errors
 def tune(
     ctx: typer.Context,
-    arch: Annotated[Optional[str], typer.Option(help="Architecture to tune (see `dfk models`).")] = None,
-    data_dir: Annotated[Optional[str], typer.Option("--data-dir", "-d", help="Image folder; default: the built-in set.")] = None,
+    arch: ArchOption = None,
+    data_dir: DataDirOption = None,
     param: ParamOption = None,
     n_trials: Annotated[int, typer.Option(help="Trials to add to the study.")] = SETTINGS.n_trials,
     objective: Annotated[str, typer.Option(help="Per-epoch validation metric to optimise.")] = SETTINGS.objective,
@@ -372,16 +374,24 @@ def compare(
     experiment: ExperimentScope = None,
     metric: Annotated[str, typer.Option(help="Metric to sort by (losses and EER ascending).")] = SETTINGS.select_metric,
     format: Annotated[str, typer.Option("--format", help="table, json or csv.")] = "table",
-    chart: Annotated[Path, typer.Option(help="Where to save the bar chart PNG.")] = Path("compare.png"),
+    chart: Annotated[Optional[Path], typer.Option(help=(
+        "Where to save the bar chart PNG; default: compare.png here (under mlflow run, whose working "
+        "folder is the project checkout, only in the comparison run)."))] = None,
 ) -> None:
     """Training runs side by side (arch, key params, val/test metrics, duration) and a bar chart."""
+    import os
+    import tempfile
+
     if format not in ("table", "json", "csv"):
         raise UserError(f"format must be table, json or csv, got {format!r}")
     _quiet_tensorflow()
     from dfk.compare import compare_runs, log_comparison
 
     table = compare_runs(_unset(experiment), metric)
-    log_comparison(table, metric, chart, _unset(experiment))
+    with tempfile.TemporaryDirectory() as tmp:
+        in_run_only = chart is None and os.environ.get("MLFLOW_RUN_ID")
+        chart = Path(tmp) / "compare.png" if in_run_only else chart or Path("compare.png")
+        run_id = log_comparison(table, metric, chart, _unset(experiment))
     if format == "json":
         typer.echo(table.to_json(orient="records", indent=2))
     elif format == "csv":
@@ -395,7 +405,7 @@ def compare(
             t.add_row(*["" if v is None or (isinstance(v, float) and v != v) else
                         (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row])
         Console(soft_wrap=True).print(t)
-    typer.echo(f"chart: {chart}", err=format != "table")
+    typer.echo(f"chart: {f'runs:/{run_id}/compare.png' if in_run_only else chart}", err=format != "table")
 
 
 # ----------------------------------------------------------------------------- explain

@@ -48,15 +48,15 @@ def compare_runs(experiment: str | None = None, metric: str = SETTINGS.select_me
 
 def log_comparison(table, metric: str, chart: Path, experiment: str | None = None) -> str:
     """Draw the bar chart to ``chart`` and keep it, with the table, in a run of its own tagged as a
-    comparison (in ``experiment``, or dfk's own when the table spans experiments). Returns its id."""
+    comparison (in ``experiment``, or dfk's own when the table spans experiments; under ``mlflow run``
+    the entry point's run). Returns its id."""
     import mlflow
 
     from dfk import tracking
 
     bar_chart(table, metric, chart)
-    exp = mlflow.set_experiment(experiment or SETTINGS.experiment)
-    with mlflow.start_run(experiment_id=exp.experiment_id, run_name=f"compare-{metric}",
-                          tags={"dfk_compare": "true", **tracking.standard_tags()}) as run:
+    tracking.use_experiment(experiment)
+    with tracking.run(f"compare-{metric}", tags={"dfk_compare": "true", **tracking.standard_tags()}) as run:
         mlflow.log_artifact(str(chart))
         mlflow.log_text(table.to_csv(index=False), "compare.csv")
     return run.info.run_id

@@ -341,7 +341,7 @@ def tune(spec: SweepSpec) -> SweepResult:
             "arch": spec.base.arch, "n_trials": spec.n_trials, "objective": spec.objective,
             "direction": spec.direction, "pruner": spec.pruner, "study_name": spec.study_name,
             "pruner_settings": describe_pruner(spec.pruner, spec.base.epochs),
-            "storage": _redact(spec.storage), "workers": spec.workers, "sampler": "TPE",
+            "storage": redact(spec.storage), "workers": spec.workers, "sampler": "TPE",
             "seed": spec.base.seed, "image_size": spec.base.image_size, "epochs": spec.base.epochs,
             "data_dir": spec.base.data_dir, "space": spec.space_path or "",
         }, run_id=pid)
@@ -365,11 +365,14 @@ def tune(spec: SweepSpec) -> SweepResult:
         return _summarise(spec, study, pid)
 
 
-def _redact(url: str) -> str:
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+def redact(url: str) -> str:
+    """A storage URL fit to log and print: user and password replaced by ``***`` (a password may
+    itself hold ``@``, so the host starts after the last one)."""
+    scheme, sep, rest = url.partition("://")
+    netloc = rest.split("/", 1)[0]
+    if not sep or "@" not in netloc:  # no credentials (a file path may hold an @ of its own)
+        return url
+    return f"{scheme}://***@{rest[rest.rindex('@', 0, len(netloc)) + 1:]}"
 
 
 def _summarise(spec: SweepSpec, study, parent_run_id: str) -> SweepResult:
@@ -402,7 +405,7 @@ def _summarise(spec: SweepSpec, study, parent_run_id: str) -> SweepResult:
         client.log_metric(parent_run_id, k, v)
     return SweepResult(parent_run_id, spec.study_name, best.value if best else None, best.params if best else {},
                        best.user_attrs.get("mlflow_run_id") if best else None, len(trials), states,
-                       spec.experiment, _redact(spec.storage))
+                       spec.experiment, redact(spec.storage))
 
 
 def _plots(study, out: Path) -> None:

@@ -44,6 +44,11 @@ def _one_line_error(result, *fragments):
         (["train", "-d", "/no/such/folder"], ["/no/such/folder does not exist"]),
         (["data", "inspect", "/no/such/folder"], ["does not exist"]),
         (["data", "synth", "out", "--train", "1"], ["at least 2"]),
+        # mlflow run passes a -P its entry point does not declare as --key value: checked like -P.
+        (["train", "--dropout", "lots"], ["parameter dropout='lots' is not a valid float"]),
+        (["train", "--drop-out", "0.3"], ["unknown parameter 'drop_out'", "valid parameters: arch"]),
+        (["main", "--archs", "cnn,alexnet", "--dropout", "0.3"], ["unknown architecture 'alexnet'"]),
+        (["tune", "--arch", "cnn", "--epochs"], ["unexpected argument '--epochs'"]),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(args, fragments, tmp_path):
@@ -101,3 +106,44 @@ def test_params_lists_every_field_with_its_default():
     assert result.exit_code == 0
     assert any(line.split()[:2] == ["image_size", "auto"] for line in result.stdout.splitlines())
     assert any(line.split()[:2] == ["patience", "5"] for line in result.stdout.splitlines())
+
+
+def test_params_mlflow_run_logged_are_logged_once_with_what_was_used():
+    """mlflow run logs an entry point's parameters as typed; dfk adds <key>_resolved where it used
+    something else (auto resolved, an empty default filled in) and never logs a key twice."""
+    import mlflow
+
+    from dfk.tracking import log_params_once, run_param
+
+    with mlflow.start_run() as run:
+        mlflow.log_params({"learning_rate": "auto", "storage": "", "n_trials": "4", "epochs": "16"})
+        log_params_once({"learning_rate": 0.002, "storage": "sqlite:///x/optuna.db", "n_trials": 4, "epochs": 16,
+                         "seed": 42, "dropout": None})
+        log_params_once({"learning_rate": 0.002, "seed": 42})  # again: nothing new, no error
+    params = mlflow.get_run(run.info.run_id).data.params
+    assert params == {"learning_rate": "auto", "learning_rate_resolved": "0.002", "storage": "",
+                      "storage_resolved": "sqlite:///x/optuna.db", "n_trials": "4", "epochs": "16", "seed": "42",
+                      "dropout": ""}
+    assert run_param(mlflow.get_run(run.info.run_id), "learning_rate") == "0.002"
+
+
+def test_the_mlproject_runs_dfk_commands_with_the_commands_own_defaults():
+    """Each entry point is `python -m dfk COMMAND`; where it declares a default, it is the command's."""
+    import yaml
+
+    from dfk.settings import SETTINGS
+
+    spec = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
+    assert all(e["command"].startswith("python -m dfk ") for e in spec.values())
+    assert spec["register"]["parameters"]["name"]["default"] == SETTINGS.model_name
+    assert float(spec["promote"]["parameters"]["margin"]["default"]) == SETTINGS.promotion_margin
+    assert spec["main"]["parameters"]["archs"]["default"] == SETTINGS.archs
+    assert spec["app"]["parameters"]["model_uri"]["default"] == SETTINGS.champion_uri
+    for name in ("evaluate", "tune", "register", "promote", "gradcam", "app", "synth", "compare", "main"):
+        words = spec[name]["command"].split()[3:]
+        command = words[:next(i for i, w in enumerate(words + ["-"]) if w.startswith(("{", "-")))]
+        help_out = runner.invoke(app, [*command, "--help"])
+        assert help_out.exit_code == 0, (name, help_out.output)
+        for flag in (w for w in words if w.startswith("--")):
+            assert flag in help_out.output, (name, flag)
+

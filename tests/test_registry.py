@@ -44,30 +44,93 @@ def test_register_tags_the_version_and_sets_aliases(two_versions):
 
 def test_promotion_gate_never_promotes_a_model_that_is_not_better(two_versions, tiny_data):
     client = MlflowClient()
-    d = promote(data_dir=tiny_data, margin=1.0)  # nothing gains a whole ROC-AUC point
+    d = promote(data_dir=str(tiny_data), margin=1.0)  # nothing gains a whole ROC-AUC point
     assert not d.promoted and d.champion == "1"
     v2 = client.get_model_version("deepfake-detector", "2")
     assert "kept as challenger" in v2.description and v2.tags["promotion_decision"] == "kept as challenger"
     before = (v2.description, v2.tags)
-    d2 = promote(data_dir=tiny_data, margin=1.0)
+    d2 = promote(data_dir=str(tiny_data), margin=1.0)
     v2 = client.get_model_version("deepfake-detector", "2")
     assert not d2.promoted and (v2.description, v2.tags) == before
     assert str(client.get_model_version_by_alias("deepfake-detector", "champion").version) == "1"
 
 
-def test_promotion_moves_champion_when_the_gain_clears_the_margin(two_versions, tiny_data):
-    d = promote(data_dir=tiny_data, margin=0.0)
-    gain = d.metrics["challenger"]["roc_auc"] - d.metrics["champion"]["roc_auc"]
-    assert d.promoted == (gain >= 0)
+def _auc_on_own_test_split(version: str, data) -> float:
+    """The version's test ROC-AUC worked out apart from promote: its own scoring of the same split."""
+    from dfk.data.scan import scan
+    from dfk.scoring import score_folder
+    from dfk.serving import load_detector
+
+    return score_folder(load_detector(f"models:/deepfake-detector/{version}"), scan(data)).clean.metrics["roc_auc"]
+
+
+@pytest.mark.parametrize("side", ["below", "above"])
+def test_promotion_moves_champion_exactly_when_the_gain_clears_the_margin(two_versions, tiny_data, side):
+    gain = _auc_on_own_test_split("2", tiny_data) - _auc_on_own_test_split("1", tiny_data)
+    margin = gain - 1e-6 if side == "below" else gain + 1e-6  # just cleared / just missed
+    d = promote(margin=margin)
+    assert d.promoted is (side == "below")
+    assert d.metrics["challenger"]["roc_auc"] - d.metrics["champion"]["roc_auc"] == pytest.approx(gain, abs=1e-9)
     champion = str(MlflowClient().get_model_version_by_alias("deepfake-detector", "champion").version)
-    assert champion == ("2" if gain >= 0 else "1")
+    assert champion == ("2" if side == "below" else "1")
     if d.promoted:  # a second run has nothing left to do
-        assert not promote(data_dir=tiny_data, margin=0.0).promoted
+        again = promote(margin=margin)
+        assert not again.promoted and again.reason == "challenger is already the champion"
+
+
+def test_promotion_scores_the_test_split_the_challenger_was_trained_with(tmp_path, tiny_data, monkeypatch):
+    """A flat folder trained with seed 7: promotion (no --data-dir) scores exactly that run's test
+    split, never a fresh default split that would hold the run's training images."""
+    import shutil
+
+    from dfk import scoring
+    from dfk.data.scan import scan
+
+    flat = tmp_path / "flat"
+    for split in ("Train", "Validation", "Test"):
+        for cls in ("Fake", "Real"):
+            (flat / cls).mkdir(parents=True, exist_ok=True)
+            for f in (tiny_data / split / cls).iterdir():
+                shutil.copy(f, flat / cls / f"{split}_{f.name}")
+    for experiment in ("a", "b"):
+        _train(flat, experiment, 7)
+        register_best(experiment)
+    scored = []
+    real_score = scoring.score_folder
+    monkeypatch.setattr(scoring, "score_folder", lambda det, index, *a, **k: scored.append(index) or real_score(det, index, *a, **k))
+
+    d = promote(margin=1.0)
+
+    own, default = scan(flat, seed=7), scan(flat)
+    assert len(scored) == 2 and all(ix.spec.seed == 7 for ix in scored)
+    assert all(set(ix.paths("test")) == set(own.paths("test")) for ix in scored)
+    assert not set(scored[0].paths("test")) & set(own.paths("train") + own.paths("validation"))
+    assert set(default.paths("test")) & set(own.paths("train"))  # what the default split would have scored
+    assert f"the test split of {flat} (val_split 0.2, seed 7), as the model's run split it" in d.data
+    v2 = MlflowClient().get_model_version("deepfake-detector", "2")
+    assert v2.tags["promotion_data"] == str(flat) and v2.tags["promotion_seed"] == "7"
+    r = CliRunner().invoke(app, ["promote", "--margin", "1"])
+    assert r.exit_code == 0 and f"judged on the test split of {flat} (val_split 0.2, seed 7)" in r.stdout
+
+
+def test_runs_of_mlflow_runs_default_experiment_are_found_with_no_flag(tiny_data):
+    """`mlflow run . -e cnn` without --experiment-name puts the run in Default; register and compare find it."""
+    a = _train(tiny_data, "Default", 3)
+    runner = CliRunner()
+    r = runner.invoke(app, ["register"])
+    assert r.exit_code == 0, r.output
+    assert MlflowClient().get_model_version_by_alias("deepfake-detector", "challenger").run_id == a.run_id
+    r = runner.invoke(app, ["compare", "--format", "csv"])
+    assert r.exit_code == 0 and f"{a.run_id[:8]},Default," in r.stdout
+    r = runner.invoke(app, ["register", "--experiment", "dfk"])  # scoped to one experiment on request
+    assert r.exit_code == 2 and "experiment 'dfk' does not exist" in r.stderr
 
 
 def test_register_without_runs_is_a_clear_error():
     with pytest.raises(UserError, match="experiment 'nothing' does not exist"):
         register_best("nothing")
+    with pytest.raises(UserError, match="no finished training run with a model and metric 'test_roc_auc' in any experiment"):
+        register_best()
     result = CliRunner().invoke(app, ["promote", "--name", "nobody"])
     assert result.exit_code == 2 and "has no 'challenger' version" in result.stderr
 

@@ -53,6 +53,31 @@ def test_evaluate_bad_inputs_exit_2(trained_model, tiny_data):
     assert r.exit_code == 2 and "unknown perturbation" in r.stderr
 
 
+def test_evaluate_scores_a_runs_model_on_its_own_data_by_default_and_builtin_by_name(tiny_data):
+    from dfk.config import TrainConfig
+    from dfk.training import train
+
+    result = train(TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(tiny_data), image_size=32, batch_size=8,
+                                                   epochs=1, weights="none", gradcam_images=0, seed=5)))
+    uri = f"runs:/{result.run_id}/model"
+    r = CliRunner().invoke(app, ["evaluate", uri])
+    assert r.exit_code == 0, r.output
+    assert f"scored on the test split of {tiny_data} (val_split 0.2, seed 5), as the model's run split it" in r.stdout
+    ev = mlflow.get_run(r.stdout.split("evaluation run ")[1].split()[0])
+    # The same test split, so the same figure the training run logged.
+    assert ev.data.metrics["test_roc_auc"] == pytest.approx(result.metrics["test_roc_auc"], abs=1e-6)
+    assert ev.data.params["seed"] == "5" and ev.data.params["data_dir"] == str(tiny_data)
+
+    r = CliRunner().invoke(app, ["evaluate", uri, "-d", "builtin"])  # the built-in set, generated on first use
+    assert r.exit_code == 0, r.output
+    assert "scored on the test split of the built-in set (val_split 0.2, seed 42)" in r.stdout
+
+
+def test_evaluate_a_model_whose_run_is_elsewhere_needs_a_folder(trained_model):
+    r = CliRunner().invoke(app, ["evaluate", str(trained_model)])
+    assert r.exit_code == 2 and "cannot tell which data" in r.stderr and "--data" in r.stderr
+
+
 def test_compare_lists_training_runs_best_first_in_every_format(tiny_data, tmp_path):
     from dfk.config import TrainConfig
     from dfk.training import train

@@ -42,7 +42,13 @@ def test_a_sweep_is_a_parent_run_with_one_child_per_trial_and_resumes(tiny_data,
     assert {"trials.csv", "best.json", "plots"} <= files
     assert {"plots/optimization_history.png", "plots/intermediate_values.png", "plots/parallel_coordinate.png",
             "plots/param_importances.png"} <= plots
-    assert mlflow.pyfunc.load_model(f"runs:/{r.best_run_id}/model") is not None
+    best = mlflow.get_run(r.best_run_id)  # the best trial's run holds the model trained with the best params
+    assert float(best.data.params["learning_rate"]) == pytest.approx(r.best_params["learning_rate"])
+    assert best.data.params["dense_units"] == str(r.best_params["dense_units"])
+    from dfk.serving import load_detector
+
+    detector = load_detector(f"runs:/{r.best_run_id}/model")
+    assert detector.image_size == 32 and detector.model.get_layer("dense").units == r.best_params["dense_units"]
     again = tune(_spec(tiny_data, tmp_path, n_trials=2, study_name="s1"))
     assert again.n_trials == 5
     assert len(optuna.load_study(study_name="s1", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 5
@@ -199,3 +205,21 @@ def test_bad_sweep_options_are_one_line_and_exit_2(tiny_data, tmp_path, monkeypa
     assert result.exit_code == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "optuna.db").exists()
     assert mlflow.search_runs(search_all_experiments=True, output_format="list") == []
+
+
+def test_storage_passwords_never_reach_a_param_or_the_terminal():
+    from dfk.tuning import redact
+
+    assert redact("postgresql+psycopg://alice:s3cret@db:5432/optuna") == "postgresql+psycopg://***@db:5432/optuna"
+    assert "p@ss" not in redact("postgresql://u:p@ss@h/db") and redact("postgresql://u:p@ss@h/db").endswith("@h/db")
+    assert redact("sqlite:////data/a@b/optuna.db") == "sqlite:////data/a@b/optuna.db"  # a path, no credentials
+
+
+def test_default_study_storage_sits_beside_the_tracking_store(tmp_path, monkeypatch):
+    from dfk.tuning import default_storage
+
+    assert default_storage(f"sqlite:///{tmp_path}/store/mlflow.db") == f"sqlite:///{tmp_path}/store/optuna.db"
+    assert default_storage(f"file://{tmp_path}/files/mlruns") == f"sqlite:///{tmp_path}/files/optuna.db"
+    monkeypatch.setenv("DFK_CACHE", str(tmp_path / "cache"))
+    assert default_storage("http://127.0.0.1:5000") == f"sqlite:///{tmp_path}/cache/optuna.db"
+

@@ -23,7 +23,11 @@ def test_main_trains_registers_promotes_and_checks_robustness(tiny_data):
     champion = MlflowClient().get_model_version_by_alias("deepfake-detector", "champion")
     assert champion.run_id in {c.info.run_id for c in children}
     (ev,) = mlflow.search_runs(experiment_names=["dfk-eval"], output_format="list")
-    assert "robust_jpeg_50_roc_auc" in ev.data.metrics or "robust_jpeg_50_accuracy" in ev.data.metrics
+    clean, jpeg = ev.data.metrics["test_roc_auc"], ev.data.metrics["robust_jpeg_50_roc_auc"]
+    assert ev.data.metrics["robust_jpeg_50_roc_auc_drop"] == pytest.approx(clean - jpeg)
+    assert {"robust_jpeg_50_accuracy", "robust_jpeg_50_eer"} <= set(ev.data.metrics)
+    assert ev.data.tags["model_uri"] == "models:/deepfake-detector@champion"
+    assert parent.data.metrics["champion_test_roc_auc"] == pytest.approx(clean)
 
 
 def test_main_with_an_unknown_arch_writes_nothing(tmp_path):
