@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Annotated, Callable, List, Optional
 
@@ -32,18 +34,39 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _stop_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def user_errors(fn: Callable) -> Callable:
-    """Turn :class:`UserError` into one stderr line and exit 2; Ctrl-C into exit 130."""
+    """Turn :class:`UserError` into one stderr line and exit 2; Ctrl-C or SIGTERM into exit 130.
+
+    SIGTERM (a scheduler, ``kill``, a stopped ``mlflow run``) stops a command the way Ctrl-C does,
+    so the runs it opened end KILLED. Under ``mlflow run``, the entry point's run ends with the
+    command (FINISHED, FAILED or KILLED) when the command left it open, even if ``mlflow run``
+    itself was stopped first and can no longer end it.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        previous = signal.signal(signal.SIGTERM, _stop_as_interrupt)
+        status = "FAILED"
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            status = "FINISHED"
+            return result
         except UserError as exc:
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt:
+            status = "KILLED"
             typer.echo("dfk: interrupted", err=True)
             raise typer.Exit(130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            if os.environ.get("MLFLOW_RUN_ID"):  # mlflow is imported only when there is such a run
+                from dfk.tracking import end_entry_run
+
+                end_entry_run(status)
 
     return wrapper
 
@@ -379,7 +402,6 @@ def compare(
         "folder is the project checkout, only in the comparison run)."))] = None,
 ) -> None:
     """Training runs side by side (arch, key params, val/test metrics, duration) and a bar chart."""
-    import os
     import tempfile
 
     if format not in ("table", "json", "csv"):
@@ -404,7 +426,10 @@ def compare(
         for row in table.itertuples(index=False):
             t.add_row(*["" if v is None or (isinstance(v, float) and v != v) else
                         (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row])
-        Console(soft_wrap=True).print(t)
+        console = Console(soft_wrap=True)
+        if not console.is_terminal:  # piped or under mlflow run: whole columns, not an 80-column squeeze
+            console = Console(soft_wrap=True, width=1000)
+        console.print(t)
     typer.echo(f"chart: {f'runs:/{run_id}/compare.png' if in_run_only else chart}", err=format != "table")
 
 

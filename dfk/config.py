@@ -127,16 +127,6 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def data_spec(self):
-        """This run's images and split settings (:class:`dfk.data.scan.DataSpec`)."""
-        from dfk.data.scan import DataSpec
-
-        return DataSpec.of(self.data_dir, self.val_split, self.seed)
-
-    def open_data(self, progress=None):
-        """This run's images, opened the one way (:func:`dfk.data.scan.open_data`)."""
-        return self.data_spec().open(progress)
-
     @property
     def augmentations(self) -> tuple[str, ...]:
         return tuple(a.strip() for a in self.augment.split(",") if a.strip() and a.strip() != "none")

@@ -19,6 +19,32 @@ from dfk.settings import SETTINGS
 TRAINED = "attributes.status = 'FINISHED' and tags.arch != '' and tags.model_uri LIKE 'runs:/%'"
 
 
+def store_folder(tracking_uri: str | None = None) -> Path | None:
+    """The folder of a local tracking store (a ``sqlite:///`` file or a ``file:`` folder), where dfk
+    keeps what belongs beside it; None for a tracking server or an in-memory store."""
+    from urllib.parse import unquote, urlparse
+
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite" and uri.startswith("sqlite:///") and ":memory:" not in uri:
+        return Path(unquote(uri[len("sqlite:///"):])).resolve().parent
+    if scheme in ("", "file"):
+        return Path(unquote(urlparse(uri).path if scheme else uri)).expanduser().resolve().parent
+    return None
+
+
+def set_experiment(name: str):
+    """``mlflow.set_experiment``, creating a missing experiment with its artifacts beside a local
+    store (``<store folder>/mlruns``). MLflow's own default is ``./mlruns`` of whichever process
+    creates it, which under ``mlflow run`` is the project checkout."""
+    if mlflow.get_experiment_by_name(name) is None and (folder := store_folder()) is not None:
+        try:
+            mlflow.create_experiment(name, artifact_location=str(folder / "mlruns"))
+        except mlflow.exceptions.MlflowException:
+            pass  # another process created it meanwhile
+    return mlflow.set_experiment(name)
+
+
 def use_experiment(name: str | None) -> None:
     """Select the experiment: ``name``, else the one MLflow's environment names, else dfk's own.
 
@@ -27,9 +53,9 @@ def use_experiment(name: str | None) -> None:
     if os.environ.get("MLFLOW_RUN_ID"):
         return
     if name:
-        mlflow.set_experiment(name)
+        set_experiment(name)
     elif not (os.environ.get("MLFLOW_EXPERIMENT_NAME") or os.environ.get("MLFLOW_EXPERIMENT_ID")):
-        mlflow.set_experiment(SETTINGS.experiment)
+        set_experiment(SETTINGS.experiment)
 
 
 def trained_runs(experiment: str | None = None, order_by: list[str] | None = None, parent_run_id: str | None = None,
@@ -61,7 +87,7 @@ def parent_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> Itera
         for k, v in tags.items():
             client.set_tag(run_id, k, v)
     else:
-        exp = mlflow.set_experiment(experiment)
+        exp = set_experiment(experiment)
         run_id = client.create_run(exp.experiment_id, run_name=run_name, tags=tags).info.run_id
     status = "FAILED"
     try:
@@ -89,6 +115,21 @@ def run(run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
         raise
     else:
         mlflow.end_run("FINISHED")
+
+
+def end_entry_run(status: str) -> None:
+    """End the run ``mlflow run`` started for this entry point with ``status`` if it is still open."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    try:
+        client = mlflow.MlflowClient()
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, status)
+    except mlflow.exceptions.MlflowException as exc:  # the store is gone: the command's own exit still stands
+        import logging
+
+        logging.getLogger(__name__).warning("could not end run %s: %s", run_id, exc)
 
 
 def take_entry_run() -> str | None:

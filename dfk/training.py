@@ -159,13 +159,15 @@ def train(
 
     from dfk import tracking
     from dfk.data.pipeline import DecodeFailures, make_dataset
+    from dfk.data.scan import DataSpec
     from dfk.evaluation import (apply_temperature, choose_threshold, evaluate_predictions, fit_temperature,
                                 plot_learning_curves, write_report)
     from dfk.models import create_model
 
     keras.utils.set_random_seed(cfg.seed)
-    if index is None or not index.spec.same_split(cfg.data_spec()):
-        index = cfg.open_data()  # user errors surface before any run is created
+    spec = DataSpec.of_config(cfg)
+    if index is None or not index.spec.same_split(spec):
+        index = spec.open()  # user errors surface before any run is created
     model, used_weights = create_model(cfg.arch, cfg.image_size, cfg.weights, cfg.dropout, cfg.dense_units)
     backbone = _backbone(model)
     pretrained = used_weights != "random"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from dfk.config import TrainConfig
+from dfk.data.scan import DataSpec
 from dfk.errors import UserError
 from dfk.settings import SETTINGS
 
@@ -160,17 +161,10 @@ def default_storage(tracking_uri: str) -> str:
     of a ``file:`` store's folder; for a tracking server, in dfk's cache folder (a sweep that spans
     machines names a shared ``--storage`` instead). Never simply the working directory, which under
     ``mlflow run`` is the project checkout."""
-    from urllib.parse import unquote, urlparse
-
     from dfk.data.synth import cache_dir
+    from dfk.tracking import store_folder
 
-    scheme = urlparse(tracking_uri).scheme
-    if scheme == "sqlite" and tracking_uri.startswith("sqlite:///") and ":memory:" not in tracking_uri:
-        folder = Path(unquote(tracking_uri[len("sqlite:///"):])).resolve().parent
-    elif scheme in ("", "file"):
-        folder = Path(unquote(urlparse(tracking_uri).path if scheme else tracking_uri)).expanduser().resolve().parent
-    else:
-        folder = cache_dir()
+    folder = store_folder(tracking_uri) or cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / OPTUNA_DB}"
 
@@ -300,7 +294,7 @@ def _run_trials(spec: SweepSpec, parent_run_id: str, n: int, index=None) -> None
     logging.getLogger("optuna").setLevel(logging.WARNING)
     study = open_study(spec)
     space = load_space(spec.base.arch, spec.space_path)
-    index = index if index is not None else spec.base.open_data()
+    index = index if index is not None else DataSpec.of_config(spec.base).open()
     study.optimize(_objective(spec, parent_run_id, space, index), n_trials=n, catch=(Exception,), gc_after_trial=True)
 
 
@@ -332,7 +326,7 @@ def tune(spec: SweepSpec) -> SweepResult:
     spec.study_name = spec.study_name or f"{spec.base.arch}-{time.strftime('%Y%m%d-%H%M%S')}"
     spec.tracking_uri = spec.tracking_uri or mlflow.get_tracking_uri()
     spec.storage = spec.storage or default_storage(spec.tracking_uri)
-    index = spec.base.open_data()  # a bad data folder fails here, before any run exists
+    index = DataSpec.of_config(spec.base).open()  # a bad data folder fails here, before any run exists
     study = open_study(spec)  # a bad storage URL fails here too
     tags = {"arch": spec.base.arch, "optuna_study": spec.study_name, "sweep": "parent"}
     with tracking.parent_run(spec.experiment, f"tune-{spec.base.arch}-{spec.study_name}", tags) as (pid, experiment):

@@ -50,16 +50,18 @@ def run_main(base: TrainConfig, archs: str = SETTINGS.archs, experiment: str = S
 
     perturbations = parse_perturbations(perturb)
     configs = parse_archs(archs, base)  # every bad parameter fails before any run
+    from dfk.data.scan import DataSpec
+
     opened = {}  # each distinct folder and split opened once (a bad folder fails here, before any run)
-    for cfg in configs:
-        if cfg.data_spec() not in opened:
-            opened[cfg.data_spec()] = cfg.open_data()
+    for spec in map(DataSpec.of_config, configs):
+        if spec not in opened:
+            opened[spec] = spec.open()
     client = mlflow.MlflowClient()
     with tracking.parent_run(experiment, "main", {"sweep": "parent", "pipeline": "main"}) as (pid, experiment):
         run_ids = {}
         for cfg in configs:
             print(f"[dfk] main: training {cfg.arch}", flush=True)
-            run_ids[cfg.arch] = train(cfg, experiment=experiment, parent_run_id=pid, index=opened[cfg.data_spec()]).run_id
+            run_ids[cfg.arch] = train(cfg, experiment=experiment, parent_run_id=pid, index=opened[DataSpec.of_config(cfg)]).run_id
         registered = register_best(parent_run_id=pid)
         decision = promote()  # on the challenger's own test split
         eval_run, score, _ = evaluate_model(SETTINGS.champion_uri, None, perturbations)

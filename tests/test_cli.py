@@ -147,3 +147,36 @@ def test_the_mlproject_runs_dfk_commands_with_the_commands_own_defaults():
         for flag in (w for w in words if w.startswith("--")):
             assert flag in help_out.output, (name, flag)
 
+
+
+def test_experiments_dfk_creates_keep_artifacts_beside_a_local_store(tmp_path, monkeypatch):
+    """Not in ./mlruns of whichever folder the process runs in (under mlflow run: the checkout)."""
+    import mlflow
+
+    from dfk.tracking import set_experiment
+
+    store = tmp_path / "store"
+    store.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    exp = set_experiment("dfk-eval")
+    assert exp.artifact_location == str(store / "mlruns") and set_experiment("dfk-eval").experiment_id == exp.experiment_id
+    with mlflow.start_run(experiment_id=exp.experiment_id):
+        mlflow.log_text("x", "x.txt")
+    assert not (elsewhere / "mlruns").exists() and list((store / "mlruns").rglob("x.txt"))
+
+
+@pytest.mark.parametrize("args, status", [
+    (["data", "synth", "small", "--train", "2", "--validation", "2", "--test", "2", "--image-size", "32"], "FINISHED"),
+    (["register", "--experiment", "none-such"], "FAILED"),
+])
+def test_the_entry_point_run_ends_with_the_command(args, status, monkeypatch):
+    """Under mlflow run, a command that opens no run of its own still ends the entry point's run."""
+    import mlflow
+
+    run_id = mlflow.MlflowClient().create_run("0").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    runner.invoke(app, args)
+    assert mlflow.get_run(run_id).info.status == status

@@ -65,6 +65,11 @@ class DataSpec:
         d = str(data_dir)
         return cls(d if d == BUILTIN_DATA else str(Path(d).expanduser().resolve()), float(val_split), int(seed))
 
+    @classmethod
+    def of_config(cls, cfg: TrainConfig) -> "DataSpec":
+        """The images a training config names, split its way."""
+        return cls.of(cfg.data_dir, cfg.val_split, cfg.seed)
+
     def same_images(self, other: "DataSpec") -> bool:
         return self.data_dir == other.data_dir
 
