@@ -424,13 +424,21 @@ def compare(
 
         t = Table(*table.columns)
         for row in table.itertuples(index=False):
-            t.add_row(*["" if v is None or (isinstance(v, float) and v != v) else
-                        (f"{v:.4f}" if isinstance(v, float) else str(v)) for v in row])
+            t.add_row(*[_cell(v) for v in row])
         console = Console(soft_wrap=True)
         if not console.is_terminal:  # piped or under mlflow run: whole columns, not an 80-column squeeze
             console = Console(soft_wrap=True, width=1000)
         console.print(t)
     typer.echo(f"chart: {f'runs:/{run_id}/compare.png' if in_run_only else chart}", err=format != "table")
+
+
+def _cell(v) -> str:
+    """A table cell: blank for missing, whole numbers (epochs) as such, other numbers to 4 places."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() else f"{v:.4f}"
+    return str(v)
 
 
 # ----------------------------------------------------------------------------- explain
