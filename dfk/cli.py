@@ -172,7 +172,9 @@ def models() -> None:
 @data_app.command("synth")
 @user_errors
 def data_synth(
-    out: Annotated[Path, typer.Argument(help="New folder to write Train|Validation|Test / Fake|Real into.")],
+    out: Annotated[Path, typer.Argument(help=(
+        "New folder to write Train|Validation|Test / Fake|Real into (under mlflow run, which works in the "
+        "project checkout, give an absolute path)."))],
     train: Annotated[Optional[int], typer.Option(help="Images per class in Train.")] = None,
     validation: Annotated[Optional[int], typer.Option(help="Images per class in Validation.")] = None,
     test: Annotated[Optional[int], typer.Option(help="Images per class in Test.")] = None,
@@ -295,19 +297,19 @@ def tune(
     direction: Annotated[Optional[str], typer.Option(help="maximize or minimize (default: minimize for losses).")] = None,
     pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = SETTINGS.pruner,
     study_name: Annotated[Optional[str], typer.Option(help="Resume this study (or start it); default: a new one.")] = None,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL; default: optuna.db beside the tracking store.")] = None,
+    storage: Annotated[Optional[str], typer.Option(envvar="DFK_OPTUNA_STORAGE", help=(
+        "Optuna storage URL (or DFK_OPTUNA_STORAGE; under mlflow run use that: a -P value is logged as a "
+        "run parameter, password included); default: optuna.db beside the tracking store."))] = None,
     space: Annotated[Optional[str], typer.Option(help="YAML file overriding the search space.")] = None,
-    workers: Annotated[int, typer.Option(help="Processes working on the same study.")] = 1,
+    workers: Annotated[int, typer.Option(help="Processes working on the same study.")] = SETTINGS.workers,
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the sweep.")] = SETTINGS.tune_experiment,
 ) -> None:
     """Optuna sweep: one parent MLflow run, each trial a child run; pruned and failed trials marked."""
     base = TrainConfig.from_overrides(parse_overrides(param, ctx), arch=arch, data_dir=data_dir)
     _quiet_tensorflow()
-    from dfk.evaluation import lower_is_better
     from dfk.tuning import SweepSpec, tune as run_tune
 
-    spec = SweepSpec(base=base, n_trials=n_trials, objective=objective,
-                     direction=direction or ("minimize" if lower_is_better(objective) else "maximize"), pruner=pruner,
+    spec = SweepSpec(base=base, n_trials=n_trials, objective=objective, direction=direction or "", pruner=pruner,
                      study_name=study_name or "", storage=storage or "", space_path=_unset(space), workers=workers,
                      experiment=experiment)
     r = run_tune(spec)
@@ -381,7 +383,7 @@ def evaluate(
     from dfk.scoring import evaluate_model
 
     run_id, score, data = evaluate_model(model, _unset(data_dir), perturbations, experiment, split)
-    typer.echo(f"scored on {data.replace('the test split', f'the {split} split', 1)}")
+    typer.echo(f"scored on {data}")
     m = score.clean.metrics
     typer.echo(f"clean: ROC-AUC {m['roc_auc']:.4f}  EER {m['eer']:.4f}  accuracy {m['accuracy']:.4f}")
     for (kind, level), r in score.robust.items():
@@ -424,7 +426,7 @@ def compare(
 
         t = Table(*table.columns)
         for row in table.itertuples(index=False):
-            t.add_row(*[_cell(v) for v in row])
+            t.add_row(*[_cell(v, whole=c == "epochs") for c, v in zip(table.columns, row)])
         console = Console(soft_wrap=True)
         if not console.is_terminal:  # piped or under mlflow run: whole columns, not an 80-column squeeze
             console = Console(soft_wrap=True, width=1000)
@@ -432,12 +434,12 @@ def compare(
     typer.echo(f"chart: {f'runs:/{run_id}/compare.png' if in_run_only else chart}", err=format != "table")
 
 
-def _cell(v) -> str:
-    """A table cell: blank for missing, whole numbers (epochs) as such, other numbers to 4 places."""
+def _cell(v, whole: bool = False) -> str:
+    """A table cell: blank for missing, a count (``whole``) as an integer, other numbers to 4 places."""
     if v is None or (isinstance(v, float) and v != v):
         return ""
     if isinstance(v, float):
-        return str(int(v)) if v.is_integer() else f"{v:.4f}"
+        return str(int(v)) if whole else f"{v:.4f}"
     return str(v)
 
 
@@ -484,12 +486,16 @@ def predict(
 @user_errors
 def gradcam_cmd(
     model: Annotated[str, typer.Argument(help="runs:/RUN/model, models:/NAME@ALIAS or a local model folder.")],
-    inputs: Annotated[List[Path], typer.Argument(help="Image files and/or folders.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the overlays and the gallery.")] = Path(SETTINGS.gradcam_out),
-    layer: Annotated[Optional[str], typer.Option(help="Target layer (default: the last convolutional map).")] = None,
+    inputs: Annotated[List[Path], typer.Argument(help="Image files and/or folders (an image file or a folder of them).")],
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help=(
+        f"Folder for the overlays and the gallery; default: ./{SETTINGS.gradcam_out} (under mlflow run, whose "
+        f"working folder is the project checkout: the entry point's run, under {SETTINGS.gradcam_out}/)."))] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Target layer; default: the last convolutional map of at least 8x8.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per gradient pass.")] = 16,
 ) -> None:
     """Grad-CAM overlays for images, plus one gallery PNG (original | heatmap | overlay)."""
+    import tempfile
+
     from dfk.data.decode import collect_images
 
     files = collect_images(inputs)
@@ -500,9 +506,17 @@ def gradcam_cmd(
     def written(path, prob, label, overlay_path):
         typer.echo(f"{path}\t{prob:.4f}\t{label}\t{overlay_path}")
 
-    r = explain_files(load_detector(model), files, out, _unset(layer), batch_size, on_written=written,
-                      on_skip=_report_skip)
-    typer.echo(f"wrote {r.written} overlays and {r.gallery}" + (f"; skipped {r.skipped}" if r.skipped else ""))
+    in_run = not out and os.environ.get("MLFLOW_RUN_ID")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) if in_run else Path(out or SETTINGS.gradcam_out)
+        r = explain_files(load_detector(model), files, folder, _unset(layer), batch_size, on_written=written,
+                          on_skip=_report_skip)
+        if in_run:
+            import mlflow
+
+            mlflow.MlflowClient().log_artifacts(in_run, str(folder), SETTINGS.gradcam_out)
+            folder = f"runs:/{in_run}/{SETTINGS.gradcam_out}"
+    typer.echo(f"wrote {r.written} overlays and the gallery to {folder}" + (f"; skipped {r.skipped}" if r.skipped else ""))
 
 
 # ----------------------------------------------------------------------------- web app

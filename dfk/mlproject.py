@@ -1,7 +1,8 @@
-"""Render the MLproject file from :class:`dfk.config.TrainConfig` and :data:`dfk.settings.SETTINGS`.
+"""Render the MLproject file from :class:`dfk.config.TrainConfig` and the ``dfk`` commands themselves.
 
-Each entry point runs one ``dfk`` command (``python -m dfk ...``), so an entry point and the
-command it stands for cannot drift apart, and every default is the one the command itself has.
+Each entry point runs one ``dfk`` command (``python -m dfk ...``); its parameters' defaults, help
+and flags are read from that command (whose defaults come from :data:`dfk.settings.SETTINGS`), so
+an entry point and the command it stands for cannot drift apart.
 ``python -m dfk.mlproject > MLproject`` rewrites the file; a test checks the committed file matches.
 """
 
@@ -10,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from dfk.config import AUTO, BUILTIN_DATA, TrainConfig, field_comments
+from dfk.config import AUTO, TrainConfig, field_comments
 from dfk.models import list_models
-from dfk.settings import SETTINGS, Settings
+from dfk.settings import SETTINGS
 
 #: TrainConfig fields every architecture entry point declares. Any other field still works:
 #: ``mlflow run . -e cnn -P dropout=0.3`` reaches ``dfk train`` as ``--dropout 0.3``.
@@ -23,8 +25,6 @@ ENTRY_PARAMS = (
     "weights",
     "fine_tune_at", "fine_tune_lr", "fine_tune_epochs", "augment", "target_fpr", "seed",
 )
-
-MODEL_URI_HELP = "runs:/RUN/model, models:/NAME@ALIAS or a local model folder"
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,10 @@ class Param:
     comment: str
     flag: str | None = None  # "--option"; "-P" for a TrainConfig field as key=value; None: positional
     number: bool = False
+    path: bool = False  # mlflow run makes a relative path absolute against the folder it was started in
 
     def yaml(self) -> str:
-        kind = "float" if self.number else "string"
+        kind = "path" if self.path else "float" if self.number else "string"
         default = "" if self.default is None else f", default: \"{self.default}\""
         return f"{self.name}: {{type: {kind}{default}}}"
 
@@ -51,7 +52,7 @@ class Param:
 _TRAIN_HINTS = typing.get_type_hints(TrainConfig)
 _TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 _TRAIN_COMMENTS = field_comments(TrainConfig)
-_SETTING_COMMENTS = field_comments(Settings)
+_UNSET = object()
 
 
 def train_param(name: str, flag: str = "-P") -> Param:
@@ -61,70 +62,62 @@ def train_param(name: str, flag: str = "-P") -> Param:
     return Param(name, AUTO if default is None else default, _TRAIN_COMMENTS.get(name, ""), flag, number)
 
 
-def setting(name: str, flag: str | None, field: str) -> Param:
-    """A command option whose default and comment are a field of :class:`~dfk.settings.Settings`."""
-    default = getattr(SETTINGS, field)
-    return Param(name, default, _SETTING_COMMENTS[field], flag, isinstance(default, (int, float)))
+def _command(words: tuple[str, ...]):
+    import typer
+
+    from dfk.cli import app
+
+    command = typer.main.get_command(app)
+    for word in words:
+        command = command.commands[word]
+    return command
 
 
-def model_uri() -> Param:
-    return Param("model_uri", SETTINGS.champion_uri, MODEL_URI_HELP)
+def option(words: tuple[str, ...], name: str, as_name: str | None = None, default: Any = _UNSET,
+           path: bool = False) -> Param:
+    """The ``dfk`` command's own parameter ``name``: its default, help and flag, read from the command.
+
+    A command's "not given" (None) is an empty string here; the commands read both alike.
+    """
+    p = {q.name: q for q in _command(words).params}[name]
+    value = p.default if default is _UNSET else default
+    if value is None and not p.required:
+        value = ""
+    value = str(value) if isinstance(value, Path) else value
+    flag = None if p.param_type_name == "argument" else max(p.opts, key=len)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return Param(as_name or name, value, p.help or "", flag, number, path)
 
 
-#: Entry points other than the architectures: name -> (dfk command words, parameters).
-COMMANDS: dict[str, tuple[tuple[str, ...], tuple[Param, ...]]] = {
-    "main": (("main",), (
-        train_param("data_dir", "--data-dir"), setting("archs", "--archs", "archs"),
-        train_param("image_size"), train_param("epochs"), setting("perturb", "--perturb", "perturb"),
-    )),
-    "evaluate": (("evaluate",), (
-        model_uri(),
-        Param("data_dir", "", "Folder to score; empty: the data the model was trained on, split as its run split it; "
-              f"{BUILTIN_DATA}: the built-in set.", "--data"),
-        Param("perturb", "none", "Perturbations to score under: all, default, none or e.g. jpeg:50,blur.", "--perturb"),
-    )),
-    "tune": (("tune",), (
-        train_param("arch", "--arch"), train_param("data_dir", "--data-dir"),
-        setting("n_trials", "--n-trials", "n_trials"), setting("objective", "--objective", "objective"),
-        setting("pruner", "--pruner", "pruner"),
-        Param("study_name", "", "Study to resume or start; empty: a new one.", "--study-name"),
-        Param("storage", "", "Optuna storage URL; empty: optuna.db beside the MLflow tracking store.", "--storage"),
-        Param("space", "", "YAML file overriding the search space; empty keeps the default.", "--space"),
-        Param("workers", 1, "Processes working on the same study.", "--workers", number=True),
-        train_param("epochs"), train_param("image_size"),
-    )),
-    "compare": (("compare",), (
-        Param("experiment", "", "Experiment whose training runs to compare; empty: every experiment.", "--experiment"),
-        setting("metric", "--metric", "select_metric"),
-    )),
-    "register": (("register",), (
-        Param("experiment", "", "Experiment whose finished runs compete; empty: every experiment.", "--experiment"),
-        setting("metric", "--metric", "select_metric"), setting("name", "--name", "model_name"),
-    )),
-    "promote": (("promote",), (
-        setting("name", "--name", "model_name"),
-        Param("data_dir", "", "Folder whose test split decides; empty: the challenger's own training data, split as "
-              f"its run split it; {BUILTIN_DATA}: the built-in set.", "--data-dir"),
-        setting("margin", "--margin", "promotion_margin"),
-    )),
-    "gradcam": (("gradcam",), (
-        model_uri(), Param("images", None, "An image file or a folder of images."),
-        setting("out", "--out", "gradcam_out"),
-        Param("layer", "", "Target layer; empty: the last convolutional map of at least 8x8.", "--layer"),
-    )),
-    "app": (("app",), (
-        model_uri(), setting("port", "--port", "app_port"),
-        Param("mlflow_ui", "", "MLflow UI address for run links; empty: the tracking URI when it is http.",
-              "--mlflow-ui"),
-    )),
-    "synth": (("data", "synth"), (setting("out", None, "synth_out"),)),
-}
+def _commands() -> dict[str, tuple[tuple[str, ...], tuple[Param, ...]]]:
+    """Entry points other than the architectures: name -> (dfk command words, parameters)."""
+    main, evaluate, tune, gradcam = ("main",), ("evaluate",), ("tune",), ("gradcam",)
+    return {
+        "main": (main, (train_param("data_dir", "--data-dir"), option(main, "archs", default=SETTINGS.archs),
+                        train_param("image_size"), train_param("epochs"), option(main, "perturb"))),
+        "evaluate": (evaluate, (option(evaluate, "model", "model_uri", default=SETTINGS.champion_uri),
+                                option(evaluate, "data_dir"), option(evaluate, "perturb"))),
+        # No storage parameter: mlflow run logs every -P value as a run parameter, a password included,
+        # so a shared storage reaches `dfk tune` as DFK_OPTUNA_STORAGE.
+        "tune": (tune, (train_param("arch", "--arch"), train_param("data_dir", "--data-dir"),
+                        *(option(tune, n) for n in ("n_trials", "objective", "pruner", "study_name", "space", "workers")),
+                        train_param("epochs"), train_param("image_size"))),
+        "compare": (("compare",), (option(("compare",), "experiment"), option(("compare",), "metric"))),
+        "register": (("register",), tuple(option(("register",), n) for n in ("experiment", "metric", "name"))),
+        "promote": (("promote",), tuple(option(("promote",), n) for n in ("name", "data_dir", "margin"))),
+        "gradcam": (gradcam, (option(gradcam, "model", "model_uri", default=SETTINGS.champion_uri),
+                              option(gradcam, "inputs", "images", path=True), option(gradcam, "out"),
+                              option(gradcam, "layer"))),
+        "app": (("app",), tuple(option(("app",), n, a) for n, a in (("model", "model_uri"), ("port", None),
+                                                                   ("mlflow_ui", None)))),
+        "synth": (("data", "synth"), (option(("data", "synth"), "out"),)),
+    }
 
 
 def entry_points() -> dict[str, tuple[tuple[str, ...], tuple[Param, ...]]]:
     """Every entry point: one per architecture, then the commands."""
     archs = {arch: (("train", "--arch", arch), tuple(train_param(n) for n in ENTRY_PARAMS)) for arch in list_models()}
-    return {**archs, **COMMANDS}
+    return {**archs, **_commands()}
 
 
 def render() -> str:

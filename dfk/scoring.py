@@ -176,7 +176,8 @@ def model_data(model_uri: str):
     return tracking.run_data(run) if run is not None else None
 
 
-def scoring_data(model_uri: str, data_dir: str | None = None, progress: Callable[[int], None] | None = None):
+def scoring_data(model_uri: str, data_dir: str | None = None, split: str = "test",
+                 progress: Callable[[int], None] | None = None):
     """The data to score ``model_uri`` on, opened, and one line saying which folder and split it is.
 
     No ``data_dir``: the images the model's run trained on. The folder the run trained on: split as
@@ -190,13 +191,13 @@ def scoring_data(model_uri: str, data_dir: str | None = None, progress: Callable
     if not data_dir:
         if trained is None:
             raise UserError(f"cannot tell which data {model_uri} was trained on (its run is not in this tracking "
-                            "store); name a folder with --data")
+                            "store); name the folder to score on")
         spec = trained
     else:
         given = DataSpec.of(data_dir)
         spec = trained if trained is not None and trained.same_images(given) else given
     index = spec.open(progress)
-    line = spec.describe()
+    line = spec.describe(split)
     if spec is trained:
         line += ", as the model's run split it"
         if trained.fingerprint and index.fingerprint != trained.fingerprint:
@@ -233,7 +234,7 @@ def evaluate_model(model_uri: str, data_dir: str | None = None, perturbations=()
     from dfk.evaluation import write_report
     from dfk.serving import load_detector
 
-    index, data = scoring_data(model_uri, data_dir)
+    index, data = scoring_data(model_uri, data_dir, split)
     detector = load_detector(model_uri)
     tracking.use_experiment(experiment)
     tags = {"model_uri": model_uri, "evaluation": "true", "scored_on": data[:5000], **tracking.standard_tags()}

@@ -43,12 +43,12 @@ class Settings:
     objective: str = "val_auc"
     # Sweep pruner: median, hyperband or none.
     pruner: str = "median"
+    # Processes a sweep starts on this machine, all working on the same study.
+    workers: int = 1
     # Port of the web app on 127.0.0.1.
     app_port: int = 8000
-    # Folder for Grad-CAM overlays and their gallery.
+    # Folder for Grad-CAM overlays and their gallery (under mlflow run: the entry point's run).
     gradcam_out: str = "gradcam"
-    # Folder dfk data synth writes the built-in set into.
-    synth_out: str = "data/synthetic"
 
     @property
     def champion_uri(self) -> str:

@@ -34,12 +34,16 @@ def store_folder(tracking_uri: str | None = None) -> Path | None:
 
 
 def set_experiment(name: str):
-    """``mlflow.set_experiment``, creating a missing experiment with its artifacts beside a local
-    store (``<store folder>/mlruns``). MLflow's own default is ``./mlruns`` of whichever process
-    creates it, which under ``mlflow run`` is the project checkout."""
-    if mlflow.get_experiment_by_name(name) is None and (folder := store_folder()) is not None:
+    """``mlflow.set_experiment``; a missing experiment of a SQLite store is created with its artifacts
+    beside the database (``<store folder>/mlruns/<name>``). MLflow's own default there is ``./mlruns``
+    of whichever process creates it, which under ``mlflow run`` is the project checkout. A ``file:``
+    store keeps artifacts inside itself already, and a server decides for itself."""
+    import re
+
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(name) is None and (folder := store_folder(uri)):
         try:
-            mlflow.create_experiment(name, artifact_location=str(folder / "mlruns"))
+            mlflow.create_experiment(name, artifact_location=str(folder / "mlruns" / re.sub(r"[^\w.-]", "_", name)))
         except mlflow.exceptions.MlflowException:
             pass  # another process created it meanwhile
     return mlflow.set_experiment(name)
@@ -183,7 +187,16 @@ def run_data(run):
     from dfk.config import TrainConfig
     from dfk.data.scan import DataSpec
 
-    data_dir = run.data.tags.get("dataset_dir") or run_param(run, "data_dir")
+    from dfk.config import BUILTIN_DATA
+
+    data_dir = run.data.tags.get("dataset_dir")
+    if not data_dir:  # a run from before the tag: its data_dir param, shell-quoted if mlflow run logged it
+        import shlex
+
+        logged = run_param(run, "data_dir") or ""
+        data_dir = (shlex.split(logged) or [""])[0] if logged.startswith("'") else logged
+        if data_dir != BUILTIN_DATA and not os.path.isabs(data_dir):
+            return None  # relative to a folder nobody recorded: unknown
     if not data_dir:
         return None
     val_split, seed = run_param(run, "val_split"), run_param(run, "seed")

@@ -129,12 +129,12 @@ class SweepSpec:
     base: TrainConfig
     n_trials: int = SETTINGS.n_trials
     objective: str = SETTINGS.objective
-    direction: str = "maximize"
+    direction: str = ""  # empty: minimize a loss, maximize anything else
     pruner: str = SETTINGS.pruner
     study_name: str = ""
     storage: str = ""
     space_path: str | None = None
-    workers: int = 1
+    workers: int = SETTINGS.workers
     experiment: str = SETTINGS.tune_experiment
     tracking_uri: str = ""
 
@@ -145,6 +145,10 @@ class SweepSpec:
             raise UserError(f"workers must be at least 1, got {self.workers}")
         if self.objective not in OBJECTIVES:
             raise UserError(f"unknown objective {self.objective!r}; choose from {', '.join(OBJECTIVES)}")
+        if not self.direction:
+            from dfk.evaluation import lower_is_better
+
+            self.direction = "minimize" if lower_is_better(self.objective) else "maximize"
         if self.direction not in ("maximize", "minimize"):
             raise UserError(f"direction must be maximize or minimize, got {self.direction!r}")
         if self.pruner not in PRUNERS:

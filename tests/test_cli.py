@@ -162,7 +162,8 @@ def test_experiments_dfk_creates_keep_artifacts_beside_a_local_store(tmp_path, m
     monkeypatch.chdir(elsewhere)
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
     exp = set_experiment("dfk-eval")
-    assert exp.artifact_location == str(store / "mlruns") and set_experiment("dfk-eval").experiment_id == exp.experiment_id
+    assert exp.artifact_location == str(store / "mlruns" / "dfk-eval")
+    assert set_experiment("dfk-eval").experiment_id == exp.experiment_id
     with mlflow.start_run(experiment_id=exp.experiment_id):
         mlflow.log_text("x", "x.txt")
     assert not (elsewhere / "mlruns").exists() and list((store / "mlruns").rglob("x.txt"))

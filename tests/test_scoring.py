@@ -73,9 +73,26 @@ def test_evaluate_scores_a_runs_model_on_its_own_data_by_default_and_builtin_by_
     assert "scored on the test split of the built-in set (val_split 0.2, seed 42)" in r.stdout
 
 
+def test_evaluating_on_a_folder_that_changed_since_training_says_so(tiny_data, tmp_path):
+    import shutil
+
+    from dfk.config import TrainConfig
+    from dfk.training import train
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    result = train(TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(data), image_size=32, batch_size=8,
+                                                   epochs=1, weights="none", gradcam_images=0)))
+    extra = sorted((data / "Train" / "Fake").iterdir())[0]
+    shutil.copy(extra, data / "Test" / "Fake" / f"added{extra.suffix}")
+    r = CliRunner().invoke(app, ["evaluate", f"runs:/{result.run_id}/model", "--data", str(data)])
+    assert r.exit_code == 0, r.output
+    assert "the folder changed since that run" in r.stdout and "may hold images the model trained on" in r.stdout
+
+
 def test_evaluate_a_model_whose_run_is_elsewhere_needs_a_folder(trained_model):
     r = CliRunner().invoke(app, ["evaluate", str(trained_model)])
-    assert r.exit_code == 2 and "cannot tell which data" in r.stderr and "--data" in r.stderr
+    assert r.exit_code == 2 and "cannot tell which data" in r.stderr and "name the folder to score on" in r.stderr
 
 
 def test_compare_lists_training_runs_best_first_in_every_format(tiny_data, tmp_path):
