@@ -404,18 +404,15 @@ def compare(
         "folder is the project checkout, only in the comparison run)."))] = None,
 ) -> None:
     """Training runs side by side (arch, key params, val/test metrics, duration) and a bar chart."""
-    import tempfile
-
     if format not in ("table", "json", "csv"):
         raise UserError(f"format must be table, json or csv, got {format!r}")
     _quiet_tensorflow()
     from dfk.compare import compare_runs, log_comparison
+    from dfk.tracking import local_output
 
     table = compare_runs(_unset(experiment), metric)
-    with tempfile.TemporaryDirectory() as tmp:
-        in_run_only = chart is None and os.environ.get("MLFLOW_RUN_ID")
-        chart = Path(tmp) / "compare.png" if in_run_only else chart or Path("compare.png")
-        run_id = log_comparison(table, metric, chart, _unset(experiment))
+    with local_output(chart, "compare.png") as (path, in_run):  # the comparison run keeps the chart either way
+        run_id = log_comparison(table, metric, path, _unset(experiment))
     if format == "json":
         typer.echo(table.to_json(orient="records", indent=2))
     elif format == "csv":
@@ -431,7 +428,7 @@ def compare(
         if not console.is_terminal:  # piped or under mlflow run: whole columns, not an 80-column squeeze
             console = Console(soft_wrap=True, width=1000)
         console.print(t)
-    typer.echo(f"chart: {f'runs:/{run_id}/compare.png' if in_run_only else chart}", err=format != "table")
+    typer.echo(f"chart: {f'runs:/{run_id}/{path.name}' if in_run else path}", err=format != "table")
 
 
 def _cell(v, whole: bool = False) -> str:
@@ -494,8 +491,6 @@ def gradcam_cmd(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per gradient pass.")] = 16,
 ) -> None:
     """Grad-CAM overlays for images, plus one gallery PNG (original | heatmap | overlay)."""
-    import tempfile
-
     from dfk.data.decode import collect_images
 
     files = collect_images(inputs)
@@ -506,9 +501,9 @@ def gradcam_cmd(
     def written(path, prob, label, overlay_path):
         typer.echo(f"{path}\t{prob:.4f}\t{label}\t{overlay_path}")
 
-    in_run = not out and os.environ.get("MLFLOW_RUN_ID")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) if in_run else Path(out or SETTINGS.gradcam_out)
+    from dfk.tracking import local_output
+
+    with local_output(out, SETTINGS.gradcam_out) as (folder, in_run):
         r = explain_files(load_detector(model), files, folder, _unset(layer), batch_size, on_written=written,
                           on_skip=_report_skip)
         if in_run:

@@ -121,6 +121,22 @@ def run(run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
         mlflow.end_run("FINISHED")
 
 
+@contextlib.contextmanager
+def local_output(given: str | os.PathLike | None, default: str) -> Iterator[tuple[Path, str | None]]:
+    """Where a command writes a file or folder it is not told where to put: ``given``; else, under
+    ``mlflow run`` (whose working folder is the project checkout), a temporary place whose contents
+    the command keeps in the entry point's run; else ``default`` here. Yields ``(path, entry run id
+    or None)``: with a run id, the caller logs the path to that run before the block ends."""
+    import tempfile
+
+    run_id = None if given else os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        yield Path(given or default), None
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp) / Path(default).name, run_id
+
+
 def end_entry_run(status: str) -> None:
     """End the run ``mlflow run`` started for this entry point with ``status`` if it is still open."""
     run_id = os.environ.get("MLFLOW_RUN_ID")
