@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Quiet TensorFlow's C++ start-up chatter; warnings and errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-all install clean
+.PHONY: demo test test-team test-all install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ demo: $(BIN)/.installed
 
 ## The default test suite (fast; under 15 minutes on 2 cores).
 test: $(BIN)/.installed
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -m "not slow and not integration"
+
+## A team's setup for real: PostgreSQL (Debian's package), mlflow server, basic-auth (a few minutes).
+test-team: $(BIN)/.installed
+	$(BIN)/pytest -m integration
 
 ## Everything, slow learning and integration tests included (what CI runs after `make test`).
 test-all: $(BIN)/.installed

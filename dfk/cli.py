@@ -15,7 +15,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from dfk.config import TrainConfig
-from dfk.errors import UserError
+from dfk.errors import UserError, server_refusal
 from dfk.settings import SETTINGS
 
 app = typer.Typer(
@@ -27,6 +27,18 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Built-in synthetic set and data checks.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+@app.callback()
+def _everywhere(
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        "--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
+        help="MLflow tracking store or server (sqlite:///..., http://host:5000, databricks); default: "
+             "MLflow's own (sqlite:///mlflow.db here).")] = None,
+) -> None:
+    """DeepFake-vs-Real image classifier as an MLflow workflow."""
+    if tracking_uri:  # the environment, so that worker processes and mlflow run's children see it too
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -57,6 +69,10 @@ def user_errors(fn: Callable) -> Callable:
             return result
         except UserError as exc:
             _fail(str(exc), exc.exit_code)
+        except Exception as exc:
+            if (refused := server_refusal(exc)) is None:
+                raise
+            _fail(refused)
         except KeyboardInterrupt:
             status = "KILLED"
             typer.echo("dfk: interrupted", err=True)
@@ -142,7 +158,10 @@ def train(
 
     uri = mlflow.get_tracking_uri()
     typer.echo(f"Finished run {result.run_id} in {uri}")
-    typer.echo(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
+    if uri.startswith(("http://", "https://")):
+        typer.echo(f"See it in the MLflow UI: {uri}")
+    else:
+        typer.echo(f"See it in the MLflow UI: mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)")
 
 
 @app.command()

@@ -45,6 +45,11 @@ class Settings:
     pruner: str = "median"
     # Processes a sweep starts on this machine, all working on the same study.
     workers: int = 1
+    # Seconds between a running trial's heartbeats in the Optuna storage; a trial silent for twice
+    # this long (its worker killed, its machine gone) is failed and queued again by a live worker.
+    heartbeat_interval: int = 10
+    # Times one trial is queued again after its worker died.
+    max_retry: int = 3
     # Port of the web app on 127.0.0.1.
     app_port: int = 8000
     # Folder for Grad-CAM overlays and their gallery (under mlflow run: the entry point's run).

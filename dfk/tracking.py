@@ -6,7 +6,7 @@ import contextlib
 import os
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import mlflow
 
@@ -83,6 +83,13 @@ def parent_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> Itera
     ``experiment``. Yields ``(run_id, experiment name)`` and ends the run FINISHED, FAILED on an
     error or KILLED on Ctrl-C.
     """
+    run_id, experiment = open_parent_run(experiment, run_name, tags)
+    with ending(run_id):
+        yield run_id, experiment
+
+
+def open_parent_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> tuple[str, str]:
+    """Start :func:`parent_run`'s run without ending it: ``(run_id, experiment name)``."""
     client = mlflow.MlflowClient()
     tags = {**standard_tags(), **tags}
     run_id = take_entry_run()
@@ -93,15 +100,23 @@ def parent_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> Itera
     else:
         exp = set_experiment(experiment)
         run_id = client.create_run(exp.experiment_id, run_name=run_name, tags=tags).info.run_id
+    return run_id, experiment
+
+
+@contextlib.contextmanager
+def ending(run_id: str, end: Callable[[str], bool] = lambda status: True) -> Iterator[None]:
+    """End run ``run_id`` when the block ends: FINISHED, FAILED on an error, KILLED on Ctrl-C;
+    ``end(status)`` may decline (another process still works under the run and will end it)."""
     status = "FAILED"
     try:
-        yield run_id, experiment
+        yield
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        client.set_terminated(run_id, status)
+        if end(status):
+            mlflow.MlflowClient().set_terminated(run_id, status)
 
 
 @contextlib.contextmanager

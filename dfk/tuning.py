@@ -2,8 +2,12 @@
 
 * The study lives in an Optuna RDB storage (default: SQLite ``optuna.db`` beside the MLflow
   tracking store, see :func:`default_storage`);
-  ``--study-name`` resumes a study and adds trials; ``--storage postgresql://...`` lets many
-  machines share it; ``--workers N`` starts N processes on the same storage.
+  ``--study-name`` resumes a study and adds trials; ``--workers N`` starts N processes on the same
+  storage; with a shared ``--storage postgresql+psycopg://...``, the same command on other machines
+  joins the sweep in progress (its parent run is in the study's user attributes), and the sweep
+  runs exactly ``n_trials`` trials however many processes work on it.
+* Running trials beat a heartbeat in the storage: a worker that dies mid-trial has its trial failed
+  by a live worker, its MLflow run ended KILLED, and the trial run again with the same parameters.
 * TPE, seeded; MedianPruner by default (``hyperband`` or ``none`` selectable), fed every epoch by
   optuna-integration's Keras pruning callback with the trial's best value so far.
 * A pruned trial's run ends KILLED, a failed one (exception, NaN loss) FAILED, each tagged with
@@ -198,40 +202,177 @@ def make_pruner(name: str, epochs: int):
     return kinds[name](**pruner_settings(name, epochs))
 
 
-def open_study(spec: SweepSpec):
+def open_study(spec: SweepSpec, seed: int | None = None):
+    """The sweep's study, created if new, on a storage whose running trials beat a heartbeat: a trial
+    whose worker dies (killed, preempted, its machine gone) is failed by a live worker, its MLflow run
+    ended KILLED, and the trial queued again with the same parameters."""
+    return _create_or_load(spec, seed)[0]
+
+
+def _create_or_load(spec: SweepSpec, seed: int | None = None):
+    """:func:`open_study`, and whether this call created the study."""
+    import warnings
+
     import optuna
 
-    return optuna.create_study(
-        study_name=spec.study_name, storage=spec.storage, direction=spec.direction, load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=spec.base.seed), pruner=make_pruner(spec.pruner, spec.base.epochs),
-    )
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
+    engine = {"connect_args": {"timeout": 60}} if spec.storage.startswith("sqlite") else {}
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(3):
+        try:
+            storage = optuna.storages.RDBStorage(
+                spec.storage, engine_kwargs=engine, heartbeat_interval=SETTINGS.heartbeat_interval,
+                heartbeat_stale_trial_callback=RetryStaleTrial(max_retry=SETTINGS.max_retry))
+            break
+        except IntegrityError:  # workers starting together on a new storage: another one made its tables
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
+        except Exception as exc:  # a malformed URL, a server that refuses: before any run exists
+            raise UserError(f"cannot open the study storage {redact(spec.storage)}: "
+                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    sampler, pruner = optuna.samplers.TPESampler(seed=seed), make_pruner(spec.pruner, spec.base.epochs)
+    try:  # atomic: of several machines starting one new study, exactly one creates it
+        return optuna.create_study(study_name=spec.study_name, storage=storage, direction=spec.direction,
+                                   sampler=sampler, pruner=pruner), True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=spec.study_name, storage=storage, sampler=sampler, pruner=pruner), False
 
 
-def _objective(spec: SweepSpec, parent_run_id: str, space, index):
+class RetryStaleTrial:
+    """Optuna's ``RetryHeartbeatStaleTrialCallback``, which first ends the dead trial's MLflow run
+    KILLED (tagged ``optuna_state`` FAIL and ``stale``): its worker can no longer end it."""
+
+    def __init__(self, max_retry: int) -> None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study, trial) -> None:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        for run_id in trial_runs(study.study_name, trial):
+            client.set_tag(run_id, "stale", f"no heartbeat from {trial.user_attrs.get(WORKER_ATTR, 'its worker')}")
+            _end_trial_run(run_id, "KILLED", "FAIL")
+        self.retry(study, trial)
+
+
+def trial_runs(study_name: str, trial) -> list[str]:
+    """The MLflow run of a trial: recorded on the trial when its training started, else found by its
+    tags (a trial can fail before training starts, once its run exists)."""
+    import mlflow
+
+    if trial.user_attrs.get(RUN_ATTR):
+        return [trial.user_attrs[RUN_ATTR]]
+    where = f"tags.optuna_study = '{study_name}' and tags.optuna_trial = '{trial.number}'"
+    return [r.info.run_id for r in mlflow.search_runs(search_all_experiments=True, filter_string=where,
+                                                      output_format="list")]
+
+
+#: Trial user attributes: the trial's MLflow run (recorded when training starts), the worker
+#: (host:pid) that ran it, and whether it was a surplus start (see :func:`_objective`).
+RUN_ATTR, WORKER_ATTR, SURPLUS_ATTR = "mlflow_run_id", "worker", "surplus"
+#: Study user attributes of the sweep in progress, which every worker that joins reads: its parent
+#: run, the number of its first trial and how many trials it runs.
+PARENT_ATTR, FIRST_ATTR, N_ATTR = "mlflow_parent_run_id", "sweep_first_trial", "sweep_n_trials"
+#: Seconds a worker waits for the process that created a new study to record its sweep.
+JOIN_WAIT_S = 60
+
+
+@dataclass
+class Session:
+    """One sweep of a study: ``n_trials`` trials numbered from ``first``, children of ``parent_run_id``."""
+
+    parent_run_id: str
+    first: int
+    n_trials: int
+    experiment: str
+    joined: bool  # this process joined a sweep another process started
+
+    def counts(self, study) -> dict[str, int]:
+        """This sweep's trials: ``ended`` (complete, pruned, or failed by their own error),
+        ``live`` (running or queued) and ``surplus``; a trial whose worker died and that was queued
+        again counts once, as its retry."""
+        import optuna
+
+        S = optuna.trial.TrialState
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number >= self.first]
+        retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+        surplus = sum(bool(t.user_attrs.get(SURPLUS_ATTR)) for t in trials)
+        ended = sum(t.state in (S.COMPLETE, S.PRUNED) or (t.state == S.FAIL and t.number not in retried
+                                                          and not t.user_attrs.get(SURPLUS_ATTR)) for t in trials)
+        live = sum(t.state in (S.RUNNING, S.WAITING) for t in trials)
+        return {"ended": ended, "live": live, "surplus": surplus}
+
+
+def join_or_start(spec: SweepSpec, study, created: bool) -> Session:
+    """Join the sweep in progress on ``study`` (its parent run still RUNNING), or start one: a parent
+    run, recorded in the study's user attributes so that workers on other machines join it. A study
+    another process has just created gets a moment to record its sweep. (Two machines resuming an
+    old study at the same moment each start a sweep: start one first, then the others.)"""
+    import mlflow
+
+    from dfk import tracking
+
+    attrs = study.user_attrs
+    deadline = time.monotonic() + JOIN_WAIT_S
+    while not created and PARENT_ATTR not in attrs and not study.get_trials(deepcopy=False) \
+            and time.monotonic() < deadline:
+        time.sleep(0.5)
+        attrs = study.user_attrs
+    parent = attrs.get(PARENT_ATTR)
+    if parent and _running(parent):
+        experiment = mlflow.MlflowClient().get_experiment(mlflow.get_run(parent).info.experiment_id).name
+        return Session(parent, int(attrs[FIRST_ATTR]), int(attrs[N_ATTR]), experiment, joined=True)
+    tags = {"arch": spec.base.arch, "optuna_study": spec.study_name, "sweep": "parent"}
+    parent, experiment = tracking.open_parent_run(spec.experiment, f"tune-{spec.base.arch}-{spec.study_name}", tags)
+    first = len(study.get_trials(deepcopy=False))
+    for key, value in ((FIRST_ATTR, first), (N_ATTR, spec.n_trials), (PARENT_ATTR, parent)):
+        study.set_user_attr(key, value)
+    return Session(parent, first, spec.n_trials, experiment, joined=False)
+
+
+def _running(run_id: str) -> bool:
+    import mlflow
+
+    try:
+        return mlflow.get_run(run_id).info.status == "RUNNING"
+    except mlflow.exceptions.MlflowException:  # deleted, or another tracking store
+        return False
+
+
+def _objective(spec: SweepSpec, session: Session, space, index):
     import mlflow
     import optuna
 
     from dfk.training import train
 
     def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, _worker_name())
+        if _surplus(trial, session):
+            trial.set_user_attr(SURPLUS_ATTR, True)
+            trial.study.stop()
+            raise SurplusTrial(f"trial {trial.number} is beyond the sweep's {session.n_trials}: not run")
         params = sample(trial, space)
         cfg = spec.base.replace(**params)
-        tags = {"optuna_study": spec.study_name, "optuna_trial": str(trial.number)}
+        tags = {"optuna_study": spec.study_name, "optuna_trial": str(trial.number), "worker": _worker_name()}
+        callbacks = [_record_run(trial), best_so_far_pruning(trial, spec.objective, spec.direction)]
         try:
-            result = train(cfg, experiment=spec.experiment, parent_run_id=parent_run_id, index=index,
-                           callbacks=[best_so_far_pruning(trial, spec.objective, spec.direction)], tags=tags)
+            result = train(cfg, experiment=session.experiment, parent_run_id=session.parent_run_id, index=index,
+                           callbacks=callbacks, tags=tags)
         except optuna.TrialPruned:
-            _close_trial_run(spec, trial.number, "KILLED", "PRUNED")
+            _close_trial_run(trial, "KILLED", "PRUNED")
             raise
         except Exception:
-            _close_trial_run(spec, trial.number, "FAILED", "FAIL")
+            _close_trial_run(trial, "FAILED", "FAIL")
             raise
         values = [v for v in result.history.get(spec.objective, []) if math.isfinite(v)]
         if not values:
-            _close_trial_run(spec, trial.number, "FAILED", "FAIL")
+            _close_trial_run(trial, "FAILED", "FAIL")
             raise UserError(f"trial {trial.number} produced no finite {spec.objective}")
         value = max(values) if spec.direction == "maximize" else min(values)
-        trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("epochs_trained", len(result.history.get("loss", [])))
         client = mlflow.MlflowClient()
         client.log_metric(result.run_id, "objective", value)
@@ -239,6 +380,42 @@ def _objective(spec: SweepSpec, parent_run_id: str, space, index):
         return value
 
     return objective
+
+
+class SurplusTrial(Exception):
+    """Two workers started a trial at the same moment when one was left: the later one stands down."""
+
+
+def _surplus(trial, session: Session) -> bool:
+    """Whether the sweep's trials numbered before this one already make ``n_trials`` (ended or live)."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    before = [t for t in trial.study.get_trials(deepcopy=False) if session.first <= t.number < trial.number]
+    retried = {n for t in before for n in t.system_attrs.get("retry_history", [])}
+    taken = sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING, S.WAITING)
+                or (t.state == S.FAIL and t.number not in retried and not t.user_attrs.get(SURPLUS_ATTR))
+                for t in before)
+    return taken >= session.n_trials
+
+
+def _worker_name() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _record_run(trial):
+    """A Keras callback that records the trial's MLflow run on the trial when training starts, so a
+    live worker can end that run if this one dies."""
+    import keras
+    import mlflow
+
+    class RecordRun(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            trial.set_user_attr(RUN_ATTR, mlflow.active_run().info.run_id)
+
+    return RecordRun()
 
 
 def best_so_far_pruning(trial, monitor: str, direction: str):
@@ -265,27 +442,26 @@ def best_so_far_pruning(trial, monitor: str, direction: str):
     return BestSoFarPruning(trial, monitor)
 
 
-def _close_trial_run(spec: SweepSpec, number: int, status: str, state: str) -> None:
-    """Find this trial's run by its tags and give it the status and tag of its Optuna state."""
+def _close_trial_run(trial, status: str, state: str) -> None:
+    for run_id in trial_runs(trial.study.study_name, trial):
+        _end_trial_run(run_id, status, state)
+
+
+def _end_trial_run(run_id: str, status: str, state: str) -> None:
+    """Give a trial's run its Optuna state, its status and the epochs it trained."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(spec.experiment)
-    if exp is None:
-        return
-    runs = client.search_runs([exp.experiment_id],
-                              f"tags.optuna_study = '{spec.study_name}' and tags.optuna_trial = '{number}'")
-    for r in runs:
-        client.set_tag(r.info.run_id, "optuna_state", state)
-        client.set_terminated(r.info.run_id, status)
-        if r.data.metrics.get("epochs_trained") is None:
-            history = client.get_metric_history(r.info.run_id, "loss")
-            client.log_metric(r.info.run_id, "epochs_trained", len(history))
+    client.set_tag(run_id, "optuna_state", state)
+    client.set_terminated(run_id, status)
+    if client.get_run(run_id).data.metrics.get("epochs_trained") is None:
+        client.log_metric(run_id, "epochs_trained", len(client.get_metric_history(run_id, "loss")))
 
 
-def _run_trials(spec: SweepSpec, parent_run_id: str, n: int, index=None) -> None:
-    """Run ``n`` trials of the shared study in this process (a worker, or the only process), on the
-    data opened once here (or handed in by the process that opened it)."""
+def _run_trials(spec: SweepSpec, session: Session, seed: int | None, index=None) -> None:
+    """Work on the sweep in this process until it has its ``n_trials``: start a trial while fewer are
+    ended or under way; when the last are under way elsewhere, wait, failing any whose worker stopped
+    beating (it is queued again, and run here). The data is opened once here (or handed in)."""
     import logging
     import warnings
 
@@ -296,15 +472,31 @@ def _run_trials(spec: SweepSpec, parent_run_id: str, n: int, index=None) -> None
         mlflow.set_tracking_uri(spec.tracking_uri)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.getLogger("optuna").setLevel(logging.WARNING)
-    study = open_study(spec)
+    study = open_study(spec, seed)
     space = load_space(spec.base.arch, spec.space_path)
     index = index if index is not None else DataSpec.of_config(spec.base).open()
-    study.optimize(_objective(spec, parent_run_id, space, index), n_trials=n, catch=(Exception,), gc_after_trial=True)
+    objective = _objective(spec, session, space, index)
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        c = session.counts(study)
+        if c["ended"] >= session.n_trials:
+            return
+        if c["ended"] + c["live"] >= session.n_trials and not _waiting(study, session):
+            time.sleep(SETTINGS.heartbeat_interval / 2)  # the last trials run elsewhere; take over if they die
+            continue
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
 
 
-def _worker(spec: SweepSpec, parent_run_id: str, n: int) -> None:  # pragma: no cover - runs in a child process
+def _waiting(study, session: Session) -> bool:
+    import optuna
+
+    return any(t.state == optuna.trial.TrialState.WAITING and t.number >= session.first
+               for t in study.get_trials(deepcopy=False))
+
+
+def _worker(spec: SweepSpec, session: Session, seed: int | None) -> None:  # pragma: no cover - a child process
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _run_trials(spec, parent_run_id, n)
+    _run_trials(spec, session, seed)
 
 
 @dataclass
@@ -321,7 +513,13 @@ class SweepResult:
 
 
 def tune(spec: SweepSpec) -> SweepResult:
-    """Run a sweep: one parent run, ``n_trials`` child runs, then the study's summary on the parent."""
+    """Run a sweep: one parent run, ``n_trials`` child runs, then the study's summary on the parent.
+
+    If the study has a sweep in progress (started by this command on another machine, with the same
+    ``--study-name`` and ``--storage``), this process joins it: its trials go under that sweep's
+    parent run and count toward that sweep's ``n_trials``. Whichever process ends last writes the
+    summary and ends the parent run.
+    """
     import mlflow
 
     from dfk import tracking
@@ -331,10 +529,17 @@ def tune(spec: SweepSpec) -> SweepResult:
     spec.tracking_uri = spec.tracking_uri or mlflow.get_tracking_uri()
     spec.storage = spec.storage or default_storage(spec.tracking_uri)
     index = DataSpec.of_config(spec.base).open()  # a bad data folder fails here, before any run exists
-    study = open_study(spec)  # a bad storage URL fails here too
-    tags = {"arch": spec.base.arch, "optuna_study": spec.study_name, "sweep": "parent"}
-    with tracking.parent_run(spec.experiment, f"tune-{spec.base.arch}-{spec.study_name}", tags) as (pid, experiment):
-        spec.experiment = experiment
+    study, created = _create_or_load(spec)  # a bad storage URL fails here too
+    session = join_or_start(spec, study, created)
+    spec.experiment = session.experiment
+    # A sweep in one process samples from the run's seed (repeatable); where several processes work
+    # on it, each draws its own, so that no two start with the same samples.
+    seed = spec.base.seed if not session.joined and spec.workers == 1 else None
+    if session.joined:
+        print(f"joining the sweep in progress on study {spec.study_name!r}: parent run {session.parent_run_id}")
+        if os.environ.get("MLFLOW_RUN_ID"):
+            mlflow.MlflowClient().set_tag(os.environ["MLFLOW_RUN_ID"], "sweep_parent_run_id", session.parent_run_id)
+    else:
         tracking.log_params_once({
             "arch": spec.base.arch, "n_trials": spec.n_trials, "objective": spec.objective,
             "direction": spec.direction, "pruner": spec.pruner, "study_name": spec.study_name,
@@ -342,13 +547,14 @@ def tune(spec: SweepSpec) -> SweepResult:
             "storage": redact(spec.storage), "workers": spec.workers, "sampler": "TPE",
             "seed": spec.base.seed, "image_size": spec.base.image_size, "epochs": spec.base.epochs,
             "data_dir": spec.base.data_dir, "space": spec.space_path or "",
-        }, run_id=pid)
+            "heartbeat_interval": SETTINGS.heartbeat_interval,
+        }, run_id=session.parent_run_id)
+    with tracking.ending(session.parent_run_id, end=lambda status: _last(spec, session)):
         if spec.workers == 1:
-            _run_trials(spec, pid, spec.n_trials, index)
+            _run_trials(spec, session, seed, index)
         else:
             ctx = multiprocessing.get_context("spawn")
-            shares = [spec.n_trials // spec.workers + (i < spec.n_trials % spec.workers) for i in range(spec.workers)]
-            procs = [ctx.Process(target=_worker, args=(spec, pid, n)) for n in shares if n]
+            procs = [ctx.Process(target=_worker, args=(spec, session, seed)) for _ in range(spec.workers)]
             for p in procs:
                 p.start()
             try:
@@ -360,7 +566,16 @@ def tune(spec: SweepSpec) -> SweepResult:
                 for p in procs:
                     p.join()
                 raise
-        return _summarise(spec, study, pid)
+        result = _summarise(spec, session, write=_last(spec, session))
+    return result
+
+
+def _last(spec: SweepSpec, session: Session) -> bool:
+    """Whether no trial of the sweep is running or queued any more (this process ends it)."""
+    import optuna
+
+    study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
+    return session.counts(study)["live"] == 0
 
 
 def redact(url: str) -> str:
@@ -373,11 +588,13 @@ def redact(url: str) -> str:
     return f"{scheme}://***@{rest[rest.rindex('@', 0, len(netloc)) + 1:]}"
 
 
-def _summarise(spec: SweepSpec, study, parent_run_id: str) -> SweepResult:
+def _summarise(spec: SweepSpec, session: Session, write: bool) -> SweepResult:
+    """The study so far; with ``write``, also logged on the sweep's parent run."""
     import mlflow
     import optuna
 
     client = mlflow.MlflowClient()
+    parent_run_id = session.parent_run_id
     study = optuna.load_study(study_name=spec.study_name, storage=spec.storage)
     trials = study.trials
     states: dict[str, int] = {}
@@ -385,6 +602,11 @@ def _summarise(spec: SweepSpec, study, parent_run_id: str) -> SweepResult:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     best = study.best_trial if complete else None
+    result = SweepResult(parent_run_id, spec.study_name, best.value if best else None, best.params if best else {},
+                         best.user_attrs.get(RUN_ATTR) if best else None, len(trials), states,
+                         spec.experiment, redact(spec.storage))
+    if not write:
+        return result
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         study.trials_dataframe().to_csv(tmp / "trials.csv", index=False)
@@ -394,16 +616,14 @@ def _summarise(spec: SweepSpec, study, parent_run_id: str) -> SweepResult:
     if best is not None:
         metrics["best_value"] = best.value
         client.log_dict(parent_run_id, {"value": best.value, "params": best.params, "trial": best.number,
-                                        "run_id": best.user_attrs.get("mlflow_run_id")}, "best.json")
+                                        "run_id": best.user_attrs.get(RUN_ATTR)}, "best.json")
         for k, v in best.params.items():
             client.log_param(parent_run_id, f"best_{k}", v)
-        client.set_tag(parent_run_id, "best_run_id", best.user_attrs.get("mlflow_run_id", ""))
+        client.set_tag(parent_run_id, "best_run_id", best.user_attrs.get(RUN_ATTR, ""))
         client.set_tag(parent_run_id, "best_trial", str(best.number))
     for k, v in metrics.items():
         client.log_metric(parent_run_id, k, v)
-    return SweepResult(parent_run_id, spec.study_name, best.value if best else None, best.params if best else {},
-                       best.user_attrs.get("mlflow_run_id") if best else None, len(trials), states,
-                       spec.experiment, redact(spec.storage))
+    return result
 
 
 def _plots(study, out: Path) -> None:
