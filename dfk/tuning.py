@@ -295,16 +295,29 @@ class Session:
         """This sweep's trials: ``ended`` (complete, pruned, or failed by their own error),
         ``live`` (running or queued) and ``surplus``; a trial whose worker died and that was queued
         again counts once, as its retry."""
-        import optuna
+        trials, retried = self.trials(study)
+        return {"ended": sum(_ended(t, retried) for t in trials), "live": sum(_live(t) for t in trials),
+                "surplus": sum(bool(t.user_attrs.get(SURPLUS_ATTR)) for t in trials)}
 
-        S = optuna.trial.TrialState
+    def trials(self, study) -> tuple[list, set[int]]:
+        """This sweep's trials, and the numbers of those queued again after their worker died."""
         trials = [t for t in study.get_trials(deepcopy=False) if t.number >= self.first]
-        retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-        surplus = sum(bool(t.user_attrs.get(SURPLUS_ATTR)) for t in trials)
-        ended = sum(t.state in (S.COMPLETE, S.PRUNED) or (t.state == S.FAIL and t.number not in retried
-                                                          and not t.user_attrs.get(SURPLUS_ATTR)) for t in trials)
-        live = sum(t.state in (S.RUNNING, S.WAITING) for t in trials)
-        return {"ended": ended, "live": live, "surplus": surplus}
+        return trials, {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def _ended(trial, retried: set[int]) -> bool:
+    """Complete, pruned, or failed by its own error (not queued again, not a surplus start)."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    return trial.state in (S.COMPLETE, S.PRUNED) or (
+        trial.state == S.FAIL and trial.number not in retried and not trial.user_attrs.get(SURPLUS_ATTR))
+
+
+def _live(trial) -> bool:
+    import optuna
+
+    return trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
 
 
 def join_or_start(spec: SweepSpec, study, created: bool) -> Session:
@@ -388,15 +401,8 @@ class SurplusTrial(Exception):
 
 def _surplus(trial, session: Session) -> bool:
     """Whether the sweep's trials numbered before this one already make ``n_trials`` (ended or live)."""
-    import optuna
-
-    S = optuna.trial.TrialState
-    before = [t for t in trial.study.get_trials(deepcopy=False) if session.first <= t.number < trial.number]
-    retried = {n for t in before for n in t.system_attrs.get("retry_history", [])}
-    taken = sum(t.state in (S.COMPLETE, S.PRUNED, S.RUNNING, S.WAITING)
-                or (t.state == S.FAIL and t.number not in retried and not t.user_attrs.get(SURPLUS_ATTR))
-                for t in before)
-    return taken >= session.n_trials
+    trials, retried = session.trials(trial.study)
+    return sum(_ended(t, retried) or _live(t) for t in trials if t.number < trial.number) >= session.n_trials
 
 
 def _worker_name() -> str:
@@ -490,8 +496,7 @@ def _run_trials(spec: SweepSpec, session: Session, seed: int | None, index=None)
 def _waiting(study, session: Session) -> bool:
     import optuna
 
-    return any(t.state == optuna.trial.TrialState.WAITING and t.number >= session.first
-               for t in study.get_trials(deepcopy=False))
+    return any(t.state == optuna.trial.TrialState.WAITING for t in session.trials(study)[0])
 
 
 def _worker(spec: SweepSpec, session: Session, seed: int | None) -> None:  # pragma: no cover - a child process

@@ -98,10 +98,14 @@ def test_bad_search_space_is_one_line_and_exit_2(tiny_data, tmp_path, text, frag
 @pytest.mark.slow
 def test_two_workers_on_sqlite_run_exactly_n_trials(tiny_data, tmp_path):
     r = tune(_spec(tiny_data, tmp_path, n_trials=4, study_name="w", workers=2))
+    from dfk.tuning import SURPLUS_ATTR
+
     study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path}/optuna.db")
-    assert len(study.trials) == 4 and sorted(t.number for t in study.trials) == [0, 1, 2, 3]
+    ran = [t for t in study.trials if not t.user_attrs.get(SURPLUS_ATTR)]  # a start both took at once: not run
+    assert len(ran) == 4 and {t.state.name for t in ran} == {"COMPLETE"}
+    assert len({tuple(sorted(t.params.items())) for t in ran}) == 4  # the two workers drew different trials
     children = _children(r.parent_run_id)
-    assert sorted(int(c.data.tags["optuna_trial"]) for c in children) == [0, 1, 2, 3]
+    assert sorted(int(c.data.tags["optuna_trial"]) for c in children) == sorted(t.number for t in ran)
     assert mlflow.get_run(r.parent_run_id).info.status == "FINISHED"
 
 
@@ -223,3 +227,65 @@ def test_default_study_storage_sits_beside_the_tracking_store(tmp_path, monkeypa
     monkeypatch.setenv("DFK_CACHE", str(tmp_path / "cache"))
     assert default_storage("http://127.0.0.1:5000") == f"sqlite:///{tmp_path}/cache/optuna.db"
 
+
+
+@pytest.mark.slow
+def test_a_dead_workers_trial_is_failed_retried_and_its_run_ended_killed(tiny_data, tmp_path):
+    """Two machines on one study; one is SIGKILLed mid-trial. The other fails the silent trial (no
+    heartbeat), ends its MLflow run KILLED, runs it again and ends the sweep with exactly n_trials."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from bench.localserver import venv_tool
+    from dfk.settings import SETTINGS
+    from dfk.tuning import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR
+
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    cmd = [venv_tool("dfk"), "tune", "-d", str(tiny_data), "--arch", "cnn", "-P", "epochs=4", "-P", "image_size=32",
+           "-P", "weights=none", "-P", "gradcam_images=0", "--n-trials", "3", "--study-name", "k", "--space", str(space),
+           "--pruner", "none"]
+    env = {**os.environ, "DFK_OPTUNA_STORAGE": storage}
+    procs = {}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        p = subprocess.Popen(cmd, env=env, cwd=tmp_path / name, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs[p.pid] = p
+    deadline, victim = time.monotonic() + 300, None
+    while victim is None and time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:
+            trials = optuna.load_study(study_name="k", storage=storage).trials
+        except Exception:  # not created yet
+            continue
+        for t in trials:
+            pid = int(t.user_attrs.get(WORKER_ATTR, ":0").rsplit(":", 1)[1])
+            if t.state.name == "RUNNING" and t.user_attrs.get(RUN_ATTR) and pid in procs:
+                victim = (t, procs.pop(pid))
+                break
+    assert victim is not None, "no trial started"
+    killed, proc = victim
+    time.sleep(1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    survivor = next(iter(procs.values()))
+    assert survivor.wait(timeout=600) == 0
+
+    study = optuna.load_study(study_name="k", storage=storage)
+    by_number = {t.number: t for t in study.trials}
+    assert by_number[killed.number].state.name == "FAIL"
+    retries = [t for t in study.trials if killed.number in t.system_attrs.get("retry_history", [])]
+    assert len(retries) == 1 and retries[0].state.name == "COMPLETE" and retries[0].params == killed.params
+    ran = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED") and not t.user_attrs.get(SURPLUS_ATTR)]
+    assert len(ran) == 3
+    dead = mlflow.get_run(killed.user_attrs[RUN_ATTR])
+    assert dead.info.status == "KILLED" and dead.data.tags["optuna_state"] == "FAIL" and "stale" in dead.data.tags
+    assert dead.data.metrics.get("epochs_trained", 0) < 4  # what it logged before dying is kept
+    parent = mlflow.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 3
+    assert not mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'",
+                                  output_format="list")
+    assert SETTINGS.heartbeat_interval <= 10  # the test's budget: the trial is judged dead after 2 beats
