@@ -112,3 +112,29 @@ def test_eight_concurrent_clients_get_no_errors(server, tiny_data):
     assert len(codes) == 200 and set(codes) == {200}
     with urllib.request.urlopen(f"{base}/ping", timeout=5) as r:
         assert r.status == 200
+
+
+def test_the_champion_ships_as_a_container_recipe_built_offline(champion, tmp_path):
+    """``mlflow models generate-dockerfile``: the Dockerfile ``mlflow models build-docker`` builds,
+    with the champion's files, dfk's code and pinned requirements beside it (no network needed)."""
+    import subprocess
+    import yaml
+
+    from dfk.settings import SETTINGS
+
+    out = tmp_path / "image"
+    r = subprocess.run([venv_tool("mlflow"), "models", "generate-dockerfile", "-m", SETTINGS.champion_uri, "-d", str(out)],
+                       env=dict(os.environ, MLFLOW_TRACKING_URI=champion), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    dockerfile = (out / "Dockerfile").read_text()
+    assert "COPY model_dir /opt/ml/model" in dockerfile and f"mlflow=={mlflow.__version__}" in dockerfile
+    assert "_serve(" in dockerfile  # the image's entry point is MLflow's scoring server
+    model = out / "model_dir"
+    meta = yaml.safe_load((model / "registered_model_meta").read_text())
+    assert meta["model_name"] == SETTINGS.model_name
+    assert (model / "code" / "dfk" / "serving.py").is_file() and (model / "artifacts" / "model.keras").is_file()
+    mlmodel = yaml.safe_load((model / "MLmodel").read_text())
+    assert mlmodel["flavors"]["python_function"]["code"] == "code"
+    requirements = (model / "requirements.txt").read_text().split()
+    assert any(req.startswith(("tensorflow-cpu==", "tensorflow==")) for req in requirements)
+    assert any(req.startswith("keras==") for req in requirements)
