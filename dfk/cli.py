@@ -311,11 +311,14 @@ def tune(
     arch: ArchOption = None,
     data_dir: DataDirOption = None,
     param: ParamOption = None,
-    n_trials: Annotated[int, typer.Option(help="Trials to add to the study.")] = SETTINGS.n_trials,
+    n_trials: Annotated[int, typer.Option(help=(
+        "Trials the sweep adds to the study (joining a sweep in progress: that sweep's count stands)."))] = SETTINGS.n_trials,
     objective: Annotated[str, typer.Option(help="Per-epoch validation metric to optimise.")] = SETTINGS.objective,
     direction: Annotated[Optional[str], typer.Option(help="maximize or minimize (default: minimize for losses).")] = None,
     pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = SETTINGS.pruner,
-    study_name: Annotated[Optional[str], typer.Option(help="Resume this study (or start it); default: a new one.")] = None,
+    study_name: Annotated[Optional[str], typer.Option(help=(
+        "Resume this study (or start it), or join its sweep in progress from another machine on the same "
+        "storage; default: a new one."))] = None,
     storage: Annotated[Optional[str], typer.Option(envvar="DFK_OPTUNA_STORAGE", help=(
         "Optuna storage URL (or DFK_OPTUNA_STORAGE; under mlflow run use that: a -P value is logged as a "
         "run parameter, password included); default: optuna.db beside the tracking store."))] = None,
