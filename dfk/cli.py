@@ -46,7 +46,7 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _stop_as_interrupt(signum, frame) -> None:
+def stop_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
@@ -61,7 +61,7 @@ def user_errors(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        previous = signal.signal(signal.SIGTERM, _stop_as_interrupt)
+        previous = signal.signal(signal.SIGTERM, stop_as_interrupt)
         status = "FAILED"
         try:
             result = fn(*args, **kwargs)

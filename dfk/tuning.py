@@ -19,6 +19,7 @@ trials from worker processes hang under the same parent in the MLflow UI.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import multiprocessing
@@ -215,10 +216,10 @@ def _create_or_load(spec: SweepSpec, seed: int | None = None):
 
     import optuna
 
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
-    engine = {"connect_args": {"timeout": 60}} if spec.storage.startswith("sqlite") else {}
     from sqlalchemy.exc import IntegrityError
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
+    engine = {"connect_args": {"timeout": 60}} if spec.storage.startswith("sqlite") else {}
     for attempt in range(3):
         try:
             storage = optuna.storages.RDBStorage(
@@ -292,12 +293,11 @@ class Session:
     joined: bool  # this process joined a sweep another process started
 
     def counts(self, study) -> dict[str, int]:
-        """This sweep's trials: ``ended`` (complete, pruned, or failed by their own error),
-        ``live`` (running or queued) and ``surplus``; a trial whose worker died and that was queued
-        again counts once, as its retry."""
+        """This sweep's trials: ``ended`` (complete, pruned, or failed by their own error) and
+        ``live`` (running or queued); a trial whose worker died and that was queued again counts
+        once, as its retry."""
         trials, retried = self.trials(study)
-        return {"ended": sum(_ended(t, retried) for t in trials), "live": sum(_live(t) for t in trials),
-                "surplus": sum(bool(t.user_attrs.get(SURPLUS_ATTR)) for t in trials)}
+        return {"ended": sum(_ended(t, retried) for t in trials), "live": sum(_live(t) for t in trials)}
 
     def trials(self, study) -> tuple[list, set[int]]:
         """This sweep's trials, and the numbers of those queued again after their worker died."""
@@ -500,8 +500,16 @@ def _waiting(study, session: Session) -> bool:
 
 
 def _worker(spec: SweepSpec, session: Session, seed: int | None) -> None:  # pragma: no cover - a child process
+    import signal
+
+    from dfk.cli import stop_as_interrupt
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    _run_trials(spec, session, seed)
+    signal.signal(signal.SIGTERM, stop_as_interrupt)  # stopped by its parent: end the trial's run KILLED
+    try:
+        _run_trials(spec, session, seed)
+    except KeyboardInterrupt:
+        pass
 
 
 @dataclass
@@ -542,8 +550,6 @@ def tune(spec: SweepSpec) -> SweepResult:
     seed = spec.base.seed if not session.joined and spec.workers == 1 else None
     if session.joined:
         print(f"joining the sweep in progress on study {spec.study_name!r}: parent run {session.parent_run_id}")
-        if os.environ.get("MLFLOW_RUN_ID"):
-            mlflow.MlflowClient().set_tag(os.environ["MLFLOW_RUN_ID"], "sweep_parent_run_id", session.parent_run_id)
     else:
         tracking.log_params_once({
             "arch": spec.base.arch, "n_trials": spec.n_trials, "objective": spec.objective,
@@ -554,7 +560,12 @@ def tune(spec: SweepSpec) -> SweepResult:
             "data_dir": spec.base.data_dir, "space": spec.space_path or "",
             "heartbeat_interval": SETTINGS.heartbeat_interval,
         }, run_id=session.parent_run_id)
-    with tracking.ending(session.parent_run_id, end=lambda status: _last(spec, session)):
+    with contextlib.ExitStack() as stack:
+        entry = tracking.take_entry_run() if session.joined else None  # under mlflow run: a pointer to the sweep
+        if entry:
+            mlflow.MlflowClient().set_tag(entry, "sweep_parent_run_id", session.parent_run_id)
+            stack.enter_context(tracking.ending(entry))
+        stack.enter_context(tracking.ending(session.parent_run_id, end=lambda status: _last(spec, session)))
         if spec.workers == 1:
             _run_trials(spec, session, seed, index)
         else:

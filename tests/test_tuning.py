@@ -289,3 +289,26 @@ def test_a_dead_workers_trial_is_failed_retried_and_its_run_ended_killed(tiny_da
     assert not mlflow.search_runs(search_all_experiments=True, filter_string="attributes.status = 'RUNNING'",
                                   output_format="list")
     assert SETTINGS.heartbeat_interval <= 10  # the test's budget: the trial is judged dead after 2 beats
+
+
+def test_a_worker_under_mlflow_run_joins_the_sweep_in_progress(tiny_data, tmp_path, monkeypatch):
+    """The sweep's first process started it (parent run, study attributes); another one, started by
+    ``mlflow run -e tune``, joins: its trials hang under the sweep's parent, its own entry run only
+    points there, and being the last it summarises and ends the parent."""
+    from dfk.tuning import _create_or_load, join_or_start
+
+    spec = _spec(tiny_data, tmp_path, n_trials=1, study_name="j")
+    spec.validate()
+    study, created = _create_or_load(spec)
+    leader = join_or_start(spec, study, created)
+    assert not leader.joined and mlflow.get_run(leader.parent_run_id).info.status == "RUNNING"
+    entry = mlflow.MlflowClient().create_run(mlflow.get_experiment_by_name("Default").experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", entry)
+    r = tune(_spec(tiny_data, tmp_path, n_trials=5, study_name="j"))  # the sweep's own count (1) stands
+    assert r.parent_run_id == leader.parent_run_id and r.states == {"COMPLETE": 1}
+    children = _children(leader.parent_run_id)
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    parent, pointer = mlflow.get_run(leader.parent_run_id), mlflow.get_run(entry)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 1
+    assert pointer.info.status == "FINISHED" and pointer.data.tags["sweep_parent_run_id"] == leader.parent_run_id
+    assert not _children(entry)
