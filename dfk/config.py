@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping
 
+from dfk.devices import MIXED_PRECISION, STRATEGIES
 from dfk.errors import UserError
 
 #: Augmentations the training pipeline knows, in the order they are applied.
@@ -37,7 +38,7 @@ class TrainConfig:
     # auto: the original notebook's 256x256 for a folder of images, and the built-in set's native
     # size for "builtin" (resizing would re-sample away the traces its forgeries leave).
     image_size: int | None = None
-    # The notebook's batch size.
+    # The notebook's batch size, per device: with strategy=mirrored each step takes batch_size x replicas.
     batch_size: int = 32
     # Upper bound; early stopping may end the run earlier. From scratch, the built-in set takes
     # about this many epochs to learn (docs/BENCHMARKS.md).
@@ -81,6 +82,11 @@ class TrainConfig:
     target_fpr: float = 0.0
     # Fit a temperature on validation so probabilities mean what they say; off as in the notebook.
     calibrate: bool = False
+    # default: TensorFlow's own placement (one device); mirrored: tf.distribute.MirroredStrategy over every
+    # local GPU (every logical CPU when there is none); the learning rate is not scaled with the global batch.
+    strategy: str = "default"
+    # auto: on when a GPU is present; on: mixed_float16 (float16 compute, float32 weights and output); off: float32.
+    mixed_precision: str = "auto"
     # Seeds Python, NumPy and TensorFlow, the shuffling and the built-in set's split.
     seed: int = 42
     # Test images shown in the Grad-CAM gallery of each run.
@@ -152,6 +158,10 @@ class TrainConfig:
             _check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
         if self.dense_units is not None:
             _check(self.dense_units >= 1, f"dense_units must be at least 1, got {self.dense_units}")
+        _check(self.strategy in STRATEGIES,
+               f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        _check(self.mixed_precision in MIXED_PRECISION,
+               f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
         bad = [a for a in self.augmentations if a not in AUGMENTATIONS]
         _check(not bad, f"unknown augmentation {', '.join(bad)}; choose from {', '.join(AUGMENTATIONS)} or none")
         _check(0 <= self.aug_rotation <= 0.5, f"aug_rotation must be in [0, 0.5], got {self.aug_rotation}")

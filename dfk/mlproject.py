@@ -23,7 +23,7 @@ from dfk.settings import SETTINGS
 ENTRY_PARAMS = (
     "data_dir", "image_size", "batch_size", "epochs", "learning_rate", "patience", "warmup_epochs", "lr_patience",
     "weights",
-    "fine_tune_at", "fine_tune_lr", "fine_tune_epochs", "augment", "target_fpr", "seed",
+    "fine_tune_at", "fine_tune_lr", "fine_tune_epochs", "augment", "target_fpr", "strategy", "mixed_precision", "seed",
 )
 
 

@@ -154,10 +154,18 @@ def train(
     workers are); ``callbacks`` join Keras' fit (the tuner's pruning callback); ``index`` is the
     data already opened for ``cfg`` (opened here when it is None or was split otherwise).
     """
+    from dfk import devices
+
+    cfg = cfg.replace(mixed_precision=devices.resolve_mixed_precision(cfg.mixed_precision))
+    with devices.precision(cfg.mixed_precision):
+        return _train(cfg, experiment, parent_run_id, callbacks, log_model, tags, index)
+
+
+def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, tags, index) -> TrainResult:
     import keras
     import mlflow
 
-    from dfk import tracking
+    from dfk import devices, tracking
     from dfk.data.pipeline import DecodeFailures, make_dataset
     from dfk.data.scan import DataSpec
     from dfk.evaluation import (apply_temperature, choose_threshold, evaluate_predictions, fit_temperature,
@@ -168,7 +176,12 @@ def train(
     spec = DataSpec.of_config(cfg)
     if index is None or not index.spec.same_split(spec):
         index = spec.open()  # user errors surface before any run is created
-    model, used_weights = create_model(cfg.arch, cfg.image_size, cfg.weights, cfg.dropout, cfg.dense_units)
+    place = devices.for_strategy(cfg.strategy)
+    with place.scope():
+        model, used_weights = create_model(cfg.arch, cfg.image_size, cfg.weights, cfg.dropout, cfg.dense_units)
+    if place.strategy is not None:
+        print(f"[dfk] {cfg.strategy}: {place.replicas} replicas, global batch {place.global_batch(cfg.batch_size)}, "
+              f"mixed precision {cfg.mixed_precision}", flush=True)
     backbone = _backbone(model)
     pretrained = used_weights != "random"
 
@@ -179,12 +192,14 @@ def train(
     with tracking.run(run_name(cfg), tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         mlflow.set_tags(tags)
-        tracking.log_params_once(cfg.to_dict())
+        tracking.log_params_once({**cfg.to_dict(), "replicas": place.replicas,
+                                  "global_batch_size": place.global_batch(cfg.batch_size)})
         mlflow.log_text(cfg.to_json(), "config.json")
         tracking.log_dataset(index)
 
         failures = DecodeFailures()
-        common = dict(image_size=cfg.image_size, batch_size=cfg.batch_size, failures=failures)
+        # fit splits each batch across the replicas: the stream yields batch_size per replica.
+        common = dict(image_size=cfg.image_size, batch_size=place.global_batch(cfg.batch_size), failures=failures)
         train_ds = make_dataset(index.paths("train"), index.labels("train"), training=True, cfg=cfg, seed=cfg.seed, **common)
         val_ds = make_dataset(index.paths("validation"), index.labels("validation"), **common)
 
@@ -193,7 +208,8 @@ def train(
         best = {"val_loss": math.inf}
 
         def fit(lr: float, first_epoch: int, epochs: int, phase: str) -> None:
-            compile_model(model, lr)
+            with place.scope():
+                compile_model(model, lr)
             checkpoint = keras.callbacks.ModelCheckpoint(
                 str(best_path), monitor="val_loss", save_best_only=True, save_weights_only=True,
                 initial_value_threshold=best["val_loss"] if math.isfinite(best["val_loss"]) else None,
