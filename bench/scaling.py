@@ -13,6 +13,7 @@ Needs PostgreSQL's server binaries (Debian: ``apt-get install postgresql``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 import time
@@ -58,7 +59,8 @@ def sweep(tracking_uri: str, storage: str, workers: int, trials: int, base, name
                        workers=workers, experiment=f"bench-{name}"))
     secs = time.perf_counter() - t
     done = r.states.get("COMPLETE", 0)
-    return {"seconds": secs, "trials": done, "per_hour": 3600 * done / secs}
+    states = ", ".join(f"{v} {k.lower()}" for k, v in sorted(r.states.items()))
+    return {"seconds": secs, "trials": done, "per_hour": 3600 * done / secs, "states": states}
 
 
 def main() -> None:
@@ -70,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench.report import write_section
-    from bench.teamserver import mlflow_server, postgres
+    from bench.teamserver import GUNICORN, UVICORN, mlflow_server, postgres
     from dfk.config import TrainConfig
     from dfk.data.synth import SynthSpec, generate
 
@@ -80,16 +82,24 @@ def main() -> None:
         data = generate(SynthSpec(train=60, validation=20, test=10, image_size=args.size, seed=3), tmp / "data")
         base = TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(data), image_size=args.size, epochs=args.epochs,
                                                patience=args.epochs, batch_size=16, weights="none", gradcam_images=0))
-        with mlflow_server(f"sqlite:///{tmp}/server-sqlite.db", tmp / "srv-sqlite") as on_sqlite, \
-                mlflow_server(pg.create_database("mlflow"), tmp / "srv-pg") as on_pg:
-            stores = {"embedded SQLite (sqlite:///mlflow.db)": f"sqlite:///{tmp}/mlflow.db",
-                      "mlflow server on SQLite": on_sqlite.uri, "mlflow server on PostgreSQL": on_pg.uri}
+        stores = {"embedded SQLite (sqlite:///mlflow.db)": f"sqlite:///{tmp}/mlflow.db"}
+        servers = {  # label: backend, how it serves
+            "server on SQLite, uvicorn, 2 workers": (f"sqlite:///{tmp}/server-sqlite.db", UVICORN),
+            "server on PostgreSQL, uvicorn, 2 workers": (pg.create_database("mlflow_uvicorn"), UVICORN),
+            "server on PostgreSQL, uvicorn, 1 worker": (pg.create_database("mlflow_one"), ("--workers", "1")),
+            "server on PostgreSQL, gunicorn, 2 workers": (pg.create_database("mlflow"), GUNICORN),
+        }
+        with contextlib.ExitStack() as stack:
+            for label, (backend, options) in servers.items():
+                stores[label] = stack.enter_context(mlflow_server(backend, tmp / label.replace(" ", "_"),
+                                                                  options=options)).uri
             for label, uri in stores.items():
                 logging_latency(uri, 10)  # connections, tables, caches warm
                 latency[label] = logging_latency(uri, args.calls)
                 print(label, latency[label], flush=True)
+            on_pg = stores["server on PostgreSQL, gunicorn, 2 workers"]
             setups = {"SQLite": (f"sqlite:///{tmp}/mlflow.db", f"sqlite:///{tmp}/optuna.db"),
-                      "PostgreSQL": (on_pg.uri, pg.create_database("optuna"))}
+                      "PostgreSQL": (on_pg, pg.create_database("optuna"))}
             for label, (uri, storage) in setups.items():
                 for workers in (1, 2):
                     sweeps[(label, workers)] = sweep(uri, storage, workers, args.trials, base, f"{label}-{workers}")
@@ -112,14 +122,15 @@ def main() -> None:
         "",
         f"Sweep throughput: `cnn` at {args.size} px, {args.trials} trials of {args.epochs} epochs on 60 images per "
         "class, no pruner; SQLite = `mlflow.db` + `optuna.db`, PostgreSQL = the tracking server above + an Optuna "
-        "database on the same PostgreSQL. Workers are processes on this machine (`--workers`), all sharing its cores.",
+        "database on the same PostgreSQL (the server served by gunicorn). Workers are processes on this machine "
+        "(`--workers`), all sharing its cores.",
         "",
-        "| storage | workers | trials | wall time (s) | trials per hour | vs 1 worker on SQLite |",
+        "| storage | workers | trial states | wall time (s) | completed trials per hour | vs 1 worker on SQLite |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     one = sweeps[("SQLite", 1)]["per_hour"]
     for (label, workers), r in sweeps.items():
-        lines.append(f"| {label} | {workers} | {r['trials']:.0f} | {r['seconds']:.0f} | {r['per_hour']:.0f} | "
+        lines.append(f"| {label} | {workers} | {r['states']} | {r['seconds']:.0f} | {r['per_hour']:.0f} | "
                      f"{r['per_hour'] / one:.2f}x |")
     write_section("scaling", "\n".join(lines))
     print("\n".join(lines))

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 from bench.localserver import free_port, running, venv_tool
 
@@ -93,17 +93,25 @@ class TrackingServer:
     admin: tuple[str, str] | None = None  # basic-auth admin user and password
 
 
+#: How ``mlflow server`` serves: its default, uvicorn, and gunicorn (``--gunicorn-opts``), which
+#: answered a kept-alive client's calls in a tenth of the time here (docs/BENCHMARKS.md, scaling).
+UVICORN = ("--workers", "2")
+GUNICORN = ("--workers", "2", "--gunicorn-opts", "--timeout 120")
+
+
 @contextlib.contextmanager
-def mlflow_server(backend_uri: str, folder: Path, basic_auth: bool = False) -> Iterator[TrackingServer]:
+def mlflow_server(backend_uri: str, folder: Path, basic_auth: bool = False,
+                  options: Sequence[str] = GUNICORN) -> Iterator[TrackingServer]:
     """``mlflow server`` on ``backend_uri`` with proxied artifacts in ``folder/artifacts``; with
     ``basic_auth``, MLflow's basic-auth app, its users in ``folder/auth.db`` and an admin whose
-    password comes from the environment (``MLFLOW_AUTH_ADMIN_PASSWORD``)."""
+    password comes from the environment (``MLFLOW_AUTH_ADMIN_PASSWORD``). ``options``: how it serves
+    (workers; ``--gunicorn-opts`` for gunicorn instead of uvicorn)."""
     port = free_port()
     artifacts = folder / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     cmd = [venv_tool("mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
-           str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "2"]
+           str(artifacts), "--host", "127.0.0.1", "--port", str(port), *options]
     admin = None
     if basic_auth:
         ini = folder / "basic_auth.ini"
