@@ -15,7 +15,7 @@ from typing import Annotated, Callable, List, Optional
 import typer
 
 from dfk.config import TrainConfig
-from dfk.errors import UserError, server_refusal
+from dfk.errors import UserError, server_refusal, unreachable_server
 from dfk.settings import SETTINGS
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.add_typer(data_app, name="data")
 
 @app.callback()
 def _everywhere(
+    ctx: typer.Context,
     tracking_uri: Annotated[Optional[str], typer.Option(
         "--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
         help="MLflow tracking store or server (sqlite:///..., http://host:5000, databricks); default: "
@@ -39,6 +40,12 @@ def _everywhere(
     """DeepFake-vs-Real image classifier as an MLflow workflow."""
     if tracking_uri:  # the environment, so that worker processes and mlflow run's children see it too
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+        if ctx.invoked_subcommand not in OFFLINE_COMMANDS and (why := unreachable_server(tracking_uri)):
+            _fail(why)
+
+
+#: Commands that never talk to the tracking store.
+OFFLINE_COMMANDS = ("params", "models", "data")
 
 
 def _fail(message: str, code: int = 2) -> None:

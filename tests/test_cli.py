@@ -181,3 +181,32 @@ def test_the_entry_point_run_ends_with_the_command(args, status, monkeypatch):
     monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
     runner.invoke(app, args)
     assert mlflow.get_run(run_id).info.status == status
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line_at_once():
+    """MLflow retries a refused connection for minutes; a mistyped server URI fails before that."""
+    import time
+
+    from bench.localserver import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    for args, env in (([f"--tracking-uri={uri}", "compare"], {}), (["register"], {"MLFLOW_TRACKING_URI": uri})):
+        start = time.monotonic()
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == 2 and time.monotonic() - start < 30
+        assert result.stderr.strip().splitlines() == [
+            f"dfk: error: cannot reach the tracking server {uri}: [Errno 111] Connection refused "
+            "(check MLFLOW_TRACKING_URI or --tracking-uri)"]
+    assert CliRunner().invoke(app, [f"--tracking-uri={uri}", "params"]).exit_code == 0  # needs no server
+
+
+def test_a_tracking_server_lost_mid_command_is_one_line():
+    from mlflow.exceptions import MlflowException
+
+    from dfk.errors import server_refusal
+
+    lost = MlflowException("API request to http://mlflow.internal:5000/api/2.0/mlflow/runs/log-batch failed with "
+                           "exception HTTPConnectionPool(host='mlflow.internal', port=5000): Max retries exceeded")
+    assert server_refusal(lost) == ("the tracking server stopped answering (http://mlflow.internal:5000/api/2.0/mlflow/"
+                                    "runs/log-batch); the runs it holds are as it last saved them")
+    assert server_refusal(MlflowException("RESOURCE_DOES_NOT_EXIST: no such run")) is None
