@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Callable, List, Optional
 
@@ -40,7 +41,8 @@ def _everywhere(
     """DeepFake-vs-Real image classifier as an MLflow workflow."""
     if tracking_uri:  # the environment, so that worker processes and mlflow run's children see it too
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-        if ctx.invoked_subcommand not in OFFLINE_COMMANDS and (why := unreachable_server(tracking_uri)):
+        asks_help = ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:])
+        if ctx.invoked_subcommand not in OFFLINE_COMMANDS and not asks_help and (why := unreachable_server(tracking_uri)):
             _fail(why)
 
 

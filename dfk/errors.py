@@ -1,6 +1,7 @@
 """Errors a user can cause. The CLI turns each into one line on stderr and exit code 2."""
 
 import os
+import ssl
 
 
 class UserError(Exception):
@@ -41,5 +42,7 @@ def unreachable_server(uri: str, timeout: float = 10) -> str | None:
         return None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLError):  # it answers; MLflow checks the certificate its own way
+            return None
         return f"cannot reach the tracking server {uri}: {reason} (check MLFLOW_TRACKING_URI or --tracking-uri)"
     return None

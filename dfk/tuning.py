@@ -253,11 +253,16 @@ class RetryStaleTrial:
     def __call__(self, study, trial) -> None:
         import mlflow
 
-        client = mlflow.MlflowClient()
-        for run_id in trial_runs(study.study_name, trial):
-            client.set_tag(run_id, "stale", f"no heartbeat from {trial.user_attrs.get(WORKER_ATTR, 'its worker')}")
-            _end_trial_run(run_id, "KILLED", "FAIL")
-        self.retry(study, trial)
+        self.retry(study, trial)  # first: until the copy is queued, the dead trial looks ended to others
+        try:
+            client = mlflow.MlflowClient()
+            for run_id in trial_runs(study.study_name, trial):
+                client.set_tag(run_id, "stale", f"no heartbeat from {trial.user_attrs.get(WORKER_ATTR, 'its worker')}")
+                _end_trial_run(run_id, "KILLED", "FAIL")
+        except mlflow.exceptions.MlflowException as exc:  # the sweep goes on; the run stays as it was
+            import logging
+
+            logging.getLogger(__name__).warning("could not end the run of dead trial %d: %s", trial.number, exc)
 
 
 def trial_runs(study_name: str, trial) -> list[str]:
@@ -275,6 +280,8 @@ def trial_runs(study_name: str, trial) -> list[str]:
 #: Trial user attributes: the trial's MLflow run (recorded when training starts), the worker
 #: (host:pid) that ran it, and whether it was a surplus start (see :func:`_objective`).
 RUN_ATTR, WORKER_ATTR, SURPLUS_ATTR = "mlflow_run_id", "worker", "surplus"
+#: Trial user attribute of a trial stopped by Ctrl-C or SIGTERM (it does not count toward n_trials).
+INTERRUPTED_ATTR = "interrupted"
 #: Study user attributes of the sweep in progress, which every worker that joins reads: its parent
 #: run, the number of its first trial and how many trials it runs.
 PARENT_ATTR, FIRST_ATTR, N_ATTR = "mlflow_parent_run_id", "sweep_first_trial", "sweep_n_trials"
@@ -306,12 +313,13 @@ class Session:
 
 
 def _ended(trial, retried: set[int]) -> bool:
-    """Complete, pruned, or failed by its own error (not queued again, not a surplus start)."""
+    """Complete, pruned, or failed by its own error (not queued again, not a surplus start, not stopped)."""
     import optuna
 
     S = optuna.trial.TrialState
     return trial.state in (S.COMPLETE, S.PRUNED) or (
-        trial.state == S.FAIL and trial.number not in retried and not trial.user_attrs.get(SURPLUS_ATTR))
+        trial.state == S.FAIL and trial.number not in retried
+        and not trial.user_attrs.get(SURPLUS_ATTR) and not trial.user_attrs.get(INTERRUPTED_ATTR))
 
 
 def _live(trial) -> bool:
@@ -337,7 +345,13 @@ def join_or_start(spec: SweepSpec, study, created: bool) -> Session:
         attrs = study.user_attrs
     parent = attrs.get(PARENT_ATTR)
     if parent and _running(parent):
-        experiment = mlflow.MlflowClient().get_experiment(mlflow.get_run(parent).info.experiment_id).name
+        run = mlflow.get_run(parent)
+        ours = {"arch": spec.base.arch, "objective": spec.objective, "direction": spec.direction}
+        differ = {k: run.data.params[k] for k, v in ours.items() if run.data.params.get(k, v) != v}
+        if differ:
+            raise UserError(f"the sweep in progress on study {spec.study_name!r} (parent run {parent}) has "
+                            f"{', '.join(f'{k} {v}' for k, v in differ.items())}; join it with the same settings")
+        experiment = mlflow.MlflowClient().get_experiment(run.info.experiment_id).name
         return Session(parent, int(attrs[FIRST_ATTR]), int(attrs[N_ATTR]), experiment, joined=True)
     tags = {"arch": spec.base.arch, "optuna_study": spec.study_name, "sweep": "parent"}
     parent, experiment = tracking.open_parent_run(spec.experiment, f"tune-{spec.base.arch}-{spec.study_name}", tags)
@@ -364,6 +378,7 @@ def _objective(spec: SweepSpec, session: Session, space, index):
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, _worker_name())
+        trial.set_user_attr(RUN_ATTR, "")  # a retried trial's copy of its dead original's run
         if _surplus(trial, session):
             trial.set_user_attr(SURPLUS_ATTR, True)
             trial.study.stop()
@@ -377,6 +392,9 @@ def _objective(spec: SweepSpec, session: Session, space, index):
                            callbacks=callbacks, tags=tags)
         except optuna.TrialPruned:
             _close_trial_run(trial, "KILLED", "PRUNED")
+            raise
+        except KeyboardInterrupt:  # stopped, not finished: another worker runs a trial in its place
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
             raise
         except Exception:
             _close_trial_run(trial, "FAILED", "FAIL")
@@ -548,24 +566,31 @@ def tune(spec: SweepSpec) -> SweepResult:
     # A sweep in one process samples from the run's seed (repeatable); where several processes work
     # on it, each draws its own, so that no two start with the same samples.
     seed = spec.base.seed if not session.joined and spec.workers == 1 else None
-    if session.joined:
-        print(f"joining the sweep in progress on study {spec.study_name!r}: parent run {session.parent_run_id}")
-    else:
-        tracking.log_params_once({
-            "arch": spec.base.arch, "n_trials": spec.n_trials, "objective": spec.objective,
-            "direction": spec.direction, "pruner": spec.pruner, "study_name": spec.study_name,
-            "pruner_settings": describe_pruner(spec.pruner, spec.base.epochs),
-            "storage": redact(spec.storage), "workers": spec.workers, "sampler": "TPE",
-            "seed": spec.base.seed, "image_size": spec.base.image_size, "epochs": spec.base.epochs,
-            "data_dir": spec.base.data_dir, "space": spec.space_path or "",
-            "heartbeat_interval": SETTINGS.heartbeat_interval,
-        }, run_id=session.parent_run_id)
+    last: list[bool] = []  # decided once, when this process's part of the sweep ends
+
+    def ends_parent(status: str) -> bool:
+        if not last:
+            last.append(_last(spec, session))
+        return last[0]
+
     with contextlib.ExitStack() as stack:
         entry = tracking.take_entry_run() if session.joined else None  # under mlflow run: a pointer to the sweep
         if entry:
             mlflow.MlflowClient().set_tag(entry, "sweep_parent_run_id", session.parent_run_id)
             stack.enter_context(tracking.ending(entry))
-        stack.enter_context(tracking.ending(session.parent_run_id, end=lambda status: _last(spec, session)))
+        stack.enter_context(tracking.ending(session.parent_run_id, end=ends_parent))
+        if session.joined:
+            print(f"joining the sweep in progress on study {spec.study_name!r}: parent run {session.parent_run_id}")
+        else:
+            tracking.log_params_once({
+                "arch": spec.base.arch, "n_trials": spec.n_trials, "objective": spec.objective,
+                "direction": spec.direction, "pruner": spec.pruner, "study_name": spec.study_name,
+                "pruner_settings": describe_pruner(spec.pruner, spec.base.epochs),
+                "storage": redact(spec.storage), "workers": spec.workers, "sampler": "TPE",
+                "seed": spec.base.seed, "image_size": spec.base.image_size, "epochs": spec.base.epochs,
+                "data_dir": spec.base.data_dir, "space": spec.space_path or "",
+                "heartbeat_interval": SETTINGS.heartbeat_interval,
+            }, run_id=session.parent_run_id)
         if spec.workers == 1:
             _run_trials(spec, session, seed, index)
         else:
@@ -582,7 +607,7 @@ def tune(spec: SweepSpec) -> SweepResult:
                 for p in procs:
                     p.join()
                 raise
-        result = _summarise(spec, session, write=_last(spec, session))
+        result = _summarise(spec, session, write=ends_parent("FINISHED"))
     return result
 
 

@@ -21,6 +21,9 @@ def isolated(tmp_path, monkeypatch):
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    import mlflow.tracking.fluent as fluent
+
+    fluent._active_experiment_id = None  # an experiment id chosen in another test's store means nothing here
     yield
     while mlflow.active_run():
         mlflow.end_run()

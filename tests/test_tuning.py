@@ -312,3 +312,17 @@ def test_a_worker_under_mlflow_run_joins_the_sweep_in_progress(tiny_data, tmp_pa
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_complete"] == 1
     assert pointer.info.status == "FINISHED" and pointer.data.tags["sweep_parent_run_id"] == leader.parent_run_id
     assert not _children(entry)
+
+
+def test_a_worker_with_other_settings_cannot_join_a_sweep(tiny_data, tmp_path):
+    from dfk.errors import UserError
+    from dfk.tuning import _create_or_load, join_or_start
+
+    spec = _spec(tiny_data, tmp_path, n_trials=2, study_name="m")
+    spec.validate()
+    study, created = _create_or_load(spec)
+    leader = join_or_start(spec, study, created)
+    mlflow.MlflowClient().log_param(leader.parent_run_id, "objective", "val_auc")
+    with pytest.raises(UserError, match="has objective val_auc; join it with the same settings"):
+        tune(_spec(tiny_data, tmp_path, n_trials=2, study_name="m", objective="val_loss"))
+    assert not _children(leader.parent_run_id)
