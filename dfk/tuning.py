@@ -299,12 +299,16 @@ class Session:
     experiment: str
     joined: bool  # this process joined a sweep another process started
 
-    def counts(self, study) -> dict[str, int]:
-        """This sweep's trials: ``ended`` (complete, pruned, or failed by their own error) and
-        ``live`` (running or queued); a trial whose worker died and that was queued again counts
-        once, as its retry."""
+    def counts(self, study, before: int | None = None) -> dict[str, int]:
+        """This sweep's trials (numbered below ``before``, if given): ``ended`` (complete, pruned, or
+        failed by their own error), ``live`` (running or queued) and ``waiting`` (queued); a trial
+        whose worker died and that was queued again counts once, as its retry."""
+        import optuna
+
         trials, retried = self.trials(study)
-        return {"ended": sum(_ended(t, retried) for t in trials), "live": sum(_live(t) for t in trials)}
+        trials = [t for t in trials if before is None or t.number < before]
+        return {"ended": sum(_ended(t, retried) for t in trials), "live": sum(_live(t) for t in trials),
+                "waiting": sum(t.state == optuna.trial.TrialState.WAITING for t in trials)}
 
     def trials(self, study) -> tuple[list, set[int]]:
         """This sweep's trials, and the numbers of those queued again after their worker died."""
@@ -344,8 +348,7 @@ def join_or_start(spec: SweepSpec, study, created: bool) -> Session:
         time.sleep(0.5)
         attrs = study.user_attrs
     parent = attrs.get(PARENT_ATTR)
-    if parent and _running(parent):
-        run = mlflow.get_run(parent)
+    if (run := _running(parent)) is not None:
         ours = {"arch": spec.base.arch, "objective": spec.objective, "direction": spec.direction}
         differ = {k: run.data.params[k] for k, v in ours.items() if run.data.params.get(k, v) != v}
         if differ:
@@ -361,13 +364,17 @@ def join_or_start(spec: SweepSpec, study, created: bool) -> Session:
     return Session(parent, first, spec.n_trials, experiment, joined=False)
 
 
-def _running(run_id: str) -> bool:
+def _running(run_id: str | None):
+    """The run ``run_id`` if it is still RUNNING, else None."""
     import mlflow
 
+    if not run_id:
+        return None
     try:
-        return mlflow.get_run(run_id).info.status == "RUNNING"
+        run = mlflow.get_run(run_id)
     except mlflow.exceptions.MlflowException:  # deleted, or another tracking store
-        return False
+        return None
+    return run if run.info.status == "RUNNING" else None
 
 
 def _objective(spec: SweepSpec, session: Session, space, index):
@@ -376,8 +383,10 @@ def _objective(spec: SweepSpec, session: Session, space, index):
 
     from dfk.training import train
 
+    worker = _worker_name()
+
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr(WORKER_ATTR, _worker_name())
+        trial.set_user_attr(WORKER_ATTR, worker)
         trial.set_user_attr(RUN_ATTR, "")  # a retried trial's copy of its dead original's run
         if _surplus(trial, session):
             trial.set_user_attr(SURPLUS_ATTR, True)
@@ -385,7 +394,7 @@ def _objective(spec: SweepSpec, session: Session, space, index):
             raise SurplusTrial(f"trial {trial.number} is beyond the sweep's {session.n_trials}: not run")
         params = sample(trial, space)
         cfg = spec.base.replace(**params)
-        tags = {"optuna_study": spec.study_name, "optuna_trial": str(trial.number), "worker": _worker_name()}
+        tags = {"optuna_study": spec.study_name, "optuna_trial": str(trial.number), "worker": worker}
         callbacks = [_record_run(trial), best_so_far_pruning(trial, spec.objective, spec.direction)]
         try:
             result = train(cfg, experiment=session.experiment, parent_run_id=session.parent_run_id, index=index,
@@ -419,8 +428,8 @@ class SurplusTrial(Exception):
 
 def _surplus(trial, session: Session) -> bool:
     """Whether the sweep's trials numbered before this one already make ``n_trials`` (ended or live)."""
-    trials, retried = session.trials(trial.study)
-    return sum(_ended(t, retried) or _live(t) for t in trials if t.number < trial.number) >= session.n_trials
+    before = session.counts(trial.study, before=trial.number)
+    return before["ended"] + before["live"] >= session.n_trials
 
 
 def _worker_name() -> str:
@@ -487,14 +496,12 @@ def _run_trials(spec: SweepSpec, session: Session, seed: int | None, index=None)
     ended or under way; when the last are under way elsewhere, wait, failing any whose worker stopped
     beating (it is queued again, and run here). The data is opened once here (or handed in)."""
     import logging
-    import warnings
 
     import mlflow
     import optuna
 
     if spec.tracking_uri:
         mlflow.set_tracking_uri(spec.tracking_uri)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     logging.getLogger("optuna").setLevel(logging.WARNING)
     study = open_study(spec, seed)
     space = load_space(spec.base.arch, spec.space_path)
@@ -505,16 +512,10 @@ def _run_trials(spec: SweepSpec, session: Session, seed: int | None, index=None)
         c = session.counts(study)
         if c["ended"] >= session.n_trials:
             return
-        if c["ended"] + c["live"] >= session.n_trials and not _waiting(study, session):
+        if c["ended"] + c["live"] >= session.n_trials and not c["waiting"]:
             time.sleep(SETTINGS.heartbeat_interval / 2)  # the last trials run elsewhere; take over if they die
             continue
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
-
-
-def _waiting(study, session: Session) -> bool:
-    import optuna
-
-    return any(t.state == optuna.trial.TrialState.WAITING for t in session.trials(study)[0])
 
 
 def _worker(spec: SweepSpec, session: Session, seed: int | None) -> None:  # pragma: no cover - a child process
