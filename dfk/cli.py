@@ -41,9 +41,31 @@ def _everywhere(
     """DeepFake-vs-Real image classifier as an MLflow workflow."""
     if tracking_uri:  # the environment, so that worker processes and mlflow run's children see it too
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-        asks_help = ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:])
-        if ctx.invoked_subcommand not in OFFLINE_COMMANDS and not asks_help and (why := unreachable_server(tracking_uri)):
-            _fail(why)
+    asks_help = ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:])
+    if ctx.invoked_subcommand in OFFLINE_COMMANDS or asks_help:
+        return
+    if tracking_uri and (why := unreachable_server(tracking_uri)):
+        _fail(why)
+    _end_orphaned_runs()
+
+
+def _end_orphaned_runs() -> None:
+    """End KILLED the runs a killed process left RUNNING (:mod:`dfk.liveness`), and say so. A store
+    that does not exist yet is not created for this; one that fails is the command's to report."""
+    import logging
+
+    from dfk.tracking import store_exists
+
+    try:
+        if not store_exists():
+            return
+        from dfk.liveness import end_orphaned_runs
+
+        for run, why in end_orphaned_runs():
+            typer.echo(f"dfk: run {run.info.run_id} ({run.info.run_name}) was left RUNNING but {why}: ended it KILLED",
+                       err=True)
+    except Exception as exc:
+        logging.getLogger("dfk").debug("orphaned runs not checked: %s", exc)
 
 
 #: Commands that never talk to the tracking store.
@@ -63,7 +85,7 @@ def user_errors(fn: Callable) -> Callable:
     """Turn :class:`UserError` into one stderr line and exit 2; Ctrl-C or SIGTERM into exit 130.
 
     SIGTERM (a scheduler, ``kill``, a stopped ``mlflow run``) stops a command the way Ctrl-C does,
-    so the runs it opened end KILLED. Under ``mlflow run``, the entry point's run ends with the
+    so the runs it opened end KILLED; so does the death of the ``mlflow run`` that launched it. Under ``mlflow run``, the entry point's run ends with the
     command (FINISHED, FAILED or KILLED) when the command left it open, even if ``mlflow run``
     itself was stopped first and can no longer end it.
     """
@@ -72,6 +94,11 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         previous = signal.signal(signal.SIGTERM, stop_as_interrupt)
         status = "FAILED"
+        entry_run = os.environ.get("MLFLOW_RUN_ID")
+        if entry_run:  # launched by mlflow run: stop when it is stopped
+            from dfk.liveness import stop_with_launcher
+
+            stop_with_launcher()
         try:
             result = fn(*args, **kwargs)
             status = "FINISHED"
@@ -92,6 +119,10 @@ def user_errors(fn: Callable) -> Callable:
                 from dfk.tracking import end_entry_run
 
                 end_entry_run(status)
+            if entry_run and status == "KILLED":
+                from dfk.liveness import keep_killed
+
+                keep_killed(entry_run)
 
     return wrapper
 
@@ -156,13 +187,25 @@ def train(
     data_dir: DataDirOption = None,
     param: ParamOption = None,
     experiment: Annotated[Optional[str], typer.Option(help=f"MLflow experiment name (default: {SETTINGS.experiment}).")] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        metavar="RUN_ID", help="Continue this killed or failed run from its last checkpointed epoch, with its own "
+                               "parameters (other parameters given are ignored).")] = None,
 ) -> None:
     """Train one architecture and log a complete MLflow run."""
-    cfg = TrainConfig.from_overrides(parse_overrides(param, ctx), arch=arch, data_dir=data_dir)
+    overrides = parse_overrides(param, ctx)
     _quiet_tensorflow()
     from dfk.training import train as run_training
 
-    result = run_training(cfg, experiment=experiment)
+    if resume := _unset(resume):
+        from dfk.checkpoints import resumable
+
+        _, cfg, _ = resumable(resume)
+        given = TrainConfig.from_overrides(overrides, arch=arch, data_dir=data_dir).to_dict() if overrides or arch or data_dir else {}
+        if ignored := sorted(k for k, v in given.items() if k in {*overrides, "arch", "data_dir"} and v != getattr(cfg, k)):
+            typer.echo(f"dfk: resuming run {resume} with its own parameters; ignoring {', '.join(ignored)}", err=True)
+    else:
+        cfg = TrainConfig.from_overrides(overrides, arch=arch, data_dir=data_dir)
+    result = run_training(cfg, experiment=experiment, resume_run_id=resume)
     import mlflow
 
     uri = mlflow.get_tracking_uri()

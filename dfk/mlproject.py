@@ -116,7 +116,8 @@ def _commands() -> dict[str, tuple[tuple[str, ...], tuple[Param, ...]]]:
 
 def entry_points() -> dict[str, tuple[tuple[str, ...], tuple[Param, ...]]]:
     """Every entry point: one per architecture, then the commands."""
-    archs = {arch: (("train", "--arch", arch), tuple(train_param(n) for n in ENTRY_PARAMS)) for arch in list_models()}
+    resume = option(("train",), "resume")
+    archs = {arch: (("train", "--arch", arch), (*(train_param(n) for n in ENTRY_PARAMS), resume)) for arch in list_models()}
     return {**archs, **_commands()}
 
 

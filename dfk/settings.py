@@ -45,9 +45,13 @@ class Settings:
     pruner: str = "median"
     # Processes a sweep starts on this machine, all working on the same study.
     workers: int = 1
-    # Seconds between a running trial's heartbeats in the Optuna storage; a trial silent for twice
-    # this long (its worker killed, its machine gone) is failed and queued again by a live worker.
+    # Seconds between heartbeats: of a running trial in the Optuna storage (a trial silent for twice
+    # this long, its worker killed or its machine gone, is failed and queued again by a live worker)
+    # and of every open MLflow run (a tag with host and pid, see stale_run_after).
     heartbeat_interval: int = 10
+    # Seconds a RUNNING run's heartbeat from another machine may be silent before the next dfk
+    # command ends the run KILLED (on this machine a vanished process is recognised at once).
+    stale_run_after: int = 300
     # Times one trial is queued again after its worker died.
     max_retry: int = 3
     # Port of the web app on 127.0.0.1.

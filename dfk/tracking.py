@@ -19,18 +19,40 @@ from dfk.settings import SETTINGS
 TRAINED = "attributes.status = 'FINISHED' and tags.arch != '' and tags.model_uri LIKE 'runs:/%'"
 
 
-def store_folder(tracking_uri: str | None = None) -> Path | None:
-    """The folder of a local tracking store (a ``sqlite:///`` file or a ``file:`` folder), where dfk
-    keeps what belongs beside it; None for a tracking server or an in-memory store."""
+def _local_store(tracking_uri: str | None = None) -> Path | None:
+    """The file of a ``sqlite:///`` store or the folder of a ``file:`` store; None for a server or an
+    in-memory store."""
     from urllib.parse import unquote, urlparse
 
     uri = tracking_uri or mlflow.get_tracking_uri()
     scheme = urlparse(uri).scheme
     if scheme == "sqlite" and uri.startswith("sqlite:///") and ":memory:" not in uri:
-        return Path(unquote(uri[len("sqlite:///"):])).resolve().parent
+        return Path(unquote(uri[len("sqlite:///"):])).resolve()
     if scheme in ("", "file"):
-        return Path(unquote(urlparse(uri).path if scheme else uri)).expanduser().resolve().parent
+        return Path(unquote(urlparse(uri).path if scheme else uri)).expanduser().resolve()
     return None
+
+
+def store_folder(tracking_uri: str | None = None) -> Path | None:
+    """The folder of a local tracking store (a ``sqlite:///`` file or a ``file:`` folder), where dfk
+    keeps what belongs beside it; None for a tracking server or an in-memory store."""
+    local = _local_store(tracking_uri)
+    return local.parent if local else None
+
+
+def beside_store(tracking_uri: str | None = None) -> Path:
+    """Where dfk keeps files that belong with the tracking store (the sweep's Optuna database, run
+    checkpoints): the local store's folder, else (a tracking server) dfk's cache folder."""
+    from dfk.data.synth import cache_dir
+
+    return store_folder(tracking_uri) or cache_dir()
+
+
+def store_exists(tracking_uri: str | None = None) -> bool:
+    """Whether the tracking store is there already: a local store's file or folder exists (MLflow
+    creates it on first use); a server or any other store is taken to exist."""
+    local = _local_store(tracking_uri)
+    return local is None or local.exists()
 
 
 def set_experiment(name: str):
@@ -107,9 +129,12 @@ def open_parent_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> 
 def ending(run_id: str, end: Callable[[str], bool] = lambda status: True) -> Iterator[None]:
     """End run ``run_id`` when the block ends: FINISHED, FAILED on an error, KILLED on Ctrl-C;
     ``end(status)`` may decline (another process still works under the run and will end it)."""
+    from dfk.liveness import Heartbeat
+
     status = "FAILED"
     try:
-        yield
+        with Heartbeat(run_id):
+            yield
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
@@ -120,12 +145,19 @@ def ending(run_id: str, end: Callable[[str], bool] = lambda status: True) -> Ite
 
 
 @contextlib.contextmanager
-def run(run_name: str, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C."""
-    active = mlflow.start_run(run_name=run_name if not os.environ.get("MLFLOW_RUN_ID") else None,
-                              tags=dict(tags or {}))
+def run(run_name: str, tags: Mapping[str, str] | None = None, run_id: str | None = None) -> Iterator[Any]:
+    """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C; it carries this
+    process's heartbeat while open (see :mod:`dfk.liveness`). ``run_id`` reopens that run."""
+    from dfk.liveness import Heartbeat
+
+    if run_id:
+        active = mlflow.start_run(run_id=run_id)
+    else:
+        active = mlflow.start_run(run_name=run_name if not os.environ.get("MLFLOW_RUN_ID") else None,
+                                  tags=dict(tags or {}))
     try:
-        yield active
+        with Heartbeat(active.info.run_id):
+            yield active
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise

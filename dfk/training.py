@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -52,24 +53,16 @@ def compile_model(model, learning_rate: float) -> None:
 
 
 def _epoch_logger():
-    """MLflow's Keras callback, adapted to two-phase training.
+    """Each epoch's Keras logs as MLflow metrics at step = epoch index, written before the next
+    epoch starts (MLflow's own Keras callback queues them, and a killed process loses the queue)."""
+    import keras
+    import mlflow
 
-    mlflow.keras.MlflowCallback logs the optimizer's params at every ``fit`` (a second phase with
-    another learning rate would try to change a logged param) and re-logs validation metrics as
-    ``validation_*`` (duplicates of Keras' ``val_*``); this subclass keeps its per-epoch logging only.
-    """
-    from mlflow.keras import MlflowCallback
-
-    class EpochLogger(MlflowCallback):
-        def on_train_begin(self, logs=None):
-            pass
-
-        def on_test_end(self, logs=None):
-            pass
-
+    class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if logs:
-                super().on_epoch_end(epoch, {k: float(v) for k, v in logs.items() if k != "learning_rate"})
+                mlflow.log_metrics({k: float(v) for k, v in logs.items() if k != "learning_rate"}, step=epoch,
+                                   synchronous=True)
 
     return EpochLogger()
 
@@ -147,25 +140,45 @@ def train(
     log_model: bool = True,
     tags: dict[str, str] | None = None,
     index=None,
+    checkpoint: bool = True,
+    resume_run_id: str | None = None,
 ) -> TrainResult:
     """Train ``cfg.arch`` on ``cfg.data_dir`` and log one complete MLflow run.
 
     ``parent_run_id`` makes the run a child of that run (also from another process, as tuning
     workers are); ``callbacks`` join Keras' fit (the tuner's pruning callback); ``index`` is the
     data already opened for ``cfg`` (opened here when it is None or was split otherwise).
+    ``checkpoint`` backs up every epoch so that a killed run can be resumed; ``resume_run_id``
+    continues such a run (its ``cfg`` from :func:`dfk.checkpoints.resumable`).
     """
     from dfk import devices
 
     cfg = cfg.replace(mixed_precision=devices.resolve_mixed_precision(cfg.mixed_precision))
     with devices.precision(cfg.mixed_precision):
-        return _train(cfg, experiment, parent_run_id, callbacks, log_model, tags, index)
+        return _train(cfg, experiment, parent_run_id, callbacks, log_model, tags, index,
+                      checkpoint or bool(resume_run_id), resume_run_id)
 
 
-def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, tags, index) -> TrainResult:
+def _log_missing_epochs(run_id: str, state) -> int:
+    """Log the epochs a checkpoint holds but the run's curves lack (the process died between the
+    backup and the metric write); the number logged."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    logged = {m.step for m in client.get_metric_history(run_id, "loss")}
+    missing = [e for e in sorted(state.epochs) if e not in logged]
+    for epoch in missing:
+        mlflow.log_metrics({k: v for k, v in state.epochs[epoch].items() if k != "learning_rate"}, step=epoch,
+                           synchronous=True)
+    return len(missing)
+
+
+def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, tags, index, checkpoint,
+           resume_run_id) -> TrainResult:
     import keras
     import mlflow
 
-    from dfk import devices, tracking
+    from dfk import checkpoints, devices, tracking
     from dfk.data.pipeline import DecodeFailures, make_dataset
     from dfk.data.scan import DataSpec
     from dfk.evaluation import (apply_temperature, choose_threshold, evaluate_predictions, fit_temperature,
@@ -185,17 +198,30 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
     backbone = _backbone(model)
     pretrained = used_weights != "random"
 
-    tracking.use_experiment(experiment)
+    if resume_run_id:  # the run's own experiment, whatever this command would pick
+        mlflow.set_experiment(experiment_id=mlflow.get_run(resume_run_id).info.experiment_id)
+    else:
+        tracking.use_experiment(experiment)
     tags = {"arch": cfg.arch, "backbone_weights": used_weights, **tracking.standard_tags(), **(tags or {})}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    with tracking.run(run_name(cfg), tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
+    with tracking.run(run_name(cfg), tags=tags, run_id=resume_run_id) as active, tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        mlflow.set_tags(tags)
-        tracking.log_params_once({**cfg.to_dict(), "replicas": place.replicas,
-                                  "global_batch_size": place.global_batch(cfg.batch_size)})
-        mlflow.log_text(cfg.to_json(), "config.json")
-        tracking.log_dataset(index)
+        folder = checkpoints.checkpoint_dir(active.info.run_id) if checkpoint else None
+        state = checkpoints.State.load(folder) if resume_run_id else checkpoints.State()
+        if resume_run_id:
+            redone = _log_missing_epochs(resume_run_id, state)
+            print(f"[dfk] resuming run {resume_run_id} after epoch {len(state.epochs)}"
+                  + (f" ({redone} epoch(s) logged from the checkpoint)" if redone else ""), flush=True)
+            if entry := os.environ.get("MLFLOW_RUN_ID"):  # mlflow run's own run for this command points here
+                mlflow.MlflowClient().set_tag(entry, "dfk.resumed_run_id", resume_run_id)
+            mlflow.set_tag("dfk.resumed", str(int(active.data.tags.get("dfk.resumed", "0")) + 1))
+        else:
+            mlflow.set_tags(tags)
+            tracking.log_params_once({**cfg.to_dict(), "replicas": place.replicas,
+                                      "global_batch_size": place.global_batch(cfg.batch_size)})
+            mlflow.log_text(cfg.to_json(), "config.json")
+            tracking.log_dataset(index)
 
         failures = DecodeFailures()
         # fit splits each batch across the replicas: the stream yields batch_size per replica.
@@ -203,38 +229,51 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
         train_ds = make_dataset(index.paths("train"), index.labels("train"), training=True, cfg=cfg, seed=cfg.seed, **common)
         val_ds = make_dataset(index.paths("validation"), index.labels("validation"), **common)
 
-        best_path = tmp / "best.weights.h5"
-        history: dict[str, list[float]] = {}
-        best = {"val_loss": math.inf}
+        best_path = (folder or tmp) / "best.weights.h5"
+        history: dict[str, list[float]] = state.history()
 
-        def fit(lr: float, first_epoch: int, epochs: int, phase: str) -> None:
+        def best_val_loss() -> float:
+            losses = [v for v in history.get("val_loss", []) if math.isfinite(v)]
+            return min(losses) if losses else math.inf
+
+        def fit(lr: float, first_epoch: int, epochs: int, phase: str) -> int:
+            """One fit phase; the epoch it ended at (a phase a checkpoint says is over runs no epoch)."""
             with place.scope():
                 compile_model(model, lr)
+            best = best_val_loss()
             checkpoint = keras.callbacks.ModelCheckpoint(
                 str(best_path), monitor="val_loss", save_best_only=True, save_weights_only=True,
-                initial_value_threshold=best["val_loss"] if math.isfinite(best["val_loss"]) else None,
+                initial_value_threshold=best if math.isfinite(best) else None,
             )
-            print(f"[dfk] {phase}: epochs {first_epoch + 1}-{first_epoch + epochs}, learning rate {lr:g}", flush=True)
+            schedule = schedule_callbacks(cfg)
+            backup = [checkpoints.run_backup(folder, phase, state, schedule)] if folder else []
+            end = state.phases_done.get(phase, first_epoch + epochs)
+            start = max([first_epoch, *(e + 1 for e in state.epochs if e >= first_epoch)])  # after a resume
+            print(f"[dfk] {phase}: epochs {start + 1}-{end}, learning rate {lr:g}", flush=True)
             h = model.fit(
-                train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=first_epoch + epochs,
-                callbacks=[checkpoint, *schedule_callbacks(cfg), keras.callbacks.TerminateOnNaN(),
-                           _epoch_logger(), *callbacks],
+                train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=end,
+                callbacks=[checkpoint, *schedule, keras.callbacks.TerminateOnNaN(), *backup, _epoch_logger(), *callbacks],
                 verbose=2, shuffle=False,  # the tf.data stream shuffles itself every epoch
             )
             for k, v in h.history.items():
                 history.setdefault(k, []).extend(float(x) for x in v)
-            losses = [v for v in history.get("val_loss", []) if math.isfinite(v)]
-            best["val_loss"] = min(losses) if losses else math.inf
             if any(not math.isfinite(v) for v in history.get("loss", [])):
                 raise UserError(f"training diverged (NaN loss) in {phase}; lower learning_rate (now {lr:g})")
+            if phase in state.phases_done:
+                return end
+            if not folder:
+                return first_epoch + len(h.history.get("loss", []))
+            ended = max((e + 1 for e in state.epochs if e >= first_epoch), default=first_epoch)  # resumed epochs too
+            checkpoints.end_phase(folder, state, phase, ended)
+            return ended
 
         started = time.time()
         if backbone is not None and pretrained:
             backbone.trainable = False  # phase 1: the notebook's frozen backbone, head only
-        fit(cfg.learning_rate, 0, cfg.epochs, "phase 1" if pretrained and backbone is not None else "training")
+        first_phase_end = fit(cfg.learning_rate, 0, cfg.epochs, "phase 1" if pretrained and backbone is not None else "training")
         if backbone is not None and pretrained and cfg.fine_tune_at > 0:
             _unfreeze_last(backbone, cfg.fine_tune_at)
-            fit(cfg.fine_tune_lr, len(history["loss"]), cfg.fine_tune_epochs, f"phase 2 (last {cfg.fine_tune_at} layers)")
+            fit(cfg.fine_tune_lr, first_phase_end, cfg.fine_tune_epochs, f"phase 2 (last {cfg.fine_tune_at} layers)")
         elapsed = time.time() - started
         if best_path.exists():
             model.load_weights(str(best_path))
@@ -294,6 +333,8 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
             log.debug("logged %s", info.model_uri)
         run_id = active.info.run_id
 
+    if folder:
+        checkpoints.discard(run_id)  # finished: nothing left to resume
     print(f"[dfk] run {run_id}: test accuracy {metrics['test_accuracy']:.4f}, "
           f"ROC-AUC {metrics['test_roc_auc']:.4f}, EER {metrics['test_eer']:.4f}", flush=True)
     return TrainResult(run_id, metrics, history, used_weights, model, model_uri)

@@ -170,10 +170,9 @@ def default_storage(tracking_uri: str) -> str:
     of a ``file:`` store's folder; for a tracking server, in dfk's cache folder (a sweep that spans
     machines names a shared ``--storage`` instead). Never simply the working directory, which under
     ``mlflow run`` is the project checkout."""
-    from dfk.data.synth import cache_dir
-    from dfk.tracking import store_folder
+    from dfk.tracking import beside_store
 
-    folder = store_folder(tracking_uri) or cache_dir()
+    folder = beside_store(tracking_uri)
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / OPTUNA_DB}"
 
@@ -398,7 +397,7 @@ def _objective(spec: SweepSpec, session: Session, space, index):
         callbacks = [_record_run(trial), best_so_far_pruning(trial, spec.objective, spec.direction)]
         try:
             result = train(cfg, experiment=session.experiment, parent_run_id=session.parent_run_id, index=index,
-                           callbacks=callbacks, tags=tags)
+                           callbacks=callbacks, tags=tags, checkpoint=False)
         except optuna.TrialPruned:
             _close_trial_run(trial, "KILLED", "PRUNED")
             raise
