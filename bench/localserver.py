@@ -54,6 +54,8 @@ def running(cmd: Sequence[str], ready_url: str, env: dict | None = None, cwd: st
     """Run ``cmd`` until ``ready_url`` answers 200; stop it when the block ends, however it ends."""
     env = dict(os.environ if env is None else env)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    # This checkout's dfk first: an environment shared between checkouts may have another one installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
     log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server never blocks on a full pipe
     # A session of its own, so stopping it also stops what it started (`mlflow run` runs the
     # entry point as a child; servers fork workers).
@@ -90,3 +92,27 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def tree_peak_mib(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process and all its descendants, in MiB, summed."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+

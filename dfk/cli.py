@@ -599,13 +599,15 @@ def app_cmd(
     max_mb: Annotated[float, typer.Option(min=0.001, help="Largest upload in MB.")] = 20.0,
     max_files: Annotated[int, typer.Option(min=1, help="Most images the page accepts at a time.")] = 12,
     layer: Annotated[Optional[str], typer.Option(help="Grad-CAM target layer (default: the last convolutional map).")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option("--allowed-host", help="Another name browsers reach this machine by (repeatable); other Host headers are refused.")] = None,
 ) -> None:
     """Web page on HOST:PORT: drop images, get p(fake), the verdict and a Grad-CAM overlay."""
     _quiet_tensorflow()
     from dfk.webapp import Limits, serve
 
     serve(model, host=host, port=port, ui_url=_unset(mlflow_ui),
-          limits=Limits(max_bytes=int(max_mb * 2**20), max_files=max_files), layer=_unset(layer))
+          limits=Limits(max_bytes=int(max_mb * 2**20), max_files=max_files), layer=_unset(layer),
+          extra_hosts=tuple(allowed_host or ()))
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m dfk`

@@ -88,20 +88,23 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         self.temperature = float(meta.get("temperature", 1.0))
         self.batch_size = int(meta.get("batch_size", 32))
 
-    def decode_rows(self, images) -> np.ndarray:
-        batch = np.empty((len(images), self.image_size, self.image_size, 3), np.float32)
-        for i, value in enumerate(images):
+    def decode_rows(self, images, first_row: int = 0) -> np.ndarray:
+        """Decode request rows to uint8 (N, size, size, 3), one at a time: memory grows with the rows
+        decoded, never with what a request claims; a bad row raises :class:`InvalidInput` naming it."""
+        out = []
+        for i, value in enumerate(images, first_row):
             try:
-                batch[i] = decode_image(to_bytes(value, i), self.image_size)
+                out.append(decode_image(to_bytes(value, i), self.image_size))
             except BadImage as exc:
                 raise InvalidInput(f"row {i}: {exc}") from None
-        return batch
+        return np.stack(out) if out else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
 
     def score(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities of fake for decoded RGB images (N, size, size, 3) in 0..255."""
         # Direct calls per chunk: Model.predict sets up a data pipeline on every call, which
-        # costs more than the model itself for the few images a request carries.
-        chunks = [np.asarray(self.model(batch[i:i + self.batch_size], training=False)).reshape(-1)
+        # costs more than the model itself for the few images a request carries. Each chunk is
+        # made float32 on its own, so a request's float copy is one batch, not all its rows.
+        chunks = [np.asarray(self.model(np.asarray(batch[i:i + self.batch_size], np.float32), training=False)).reshape(-1)
                   for i in range(0, len(batch), self.batch_size)]
         return self.calibrated(np.concatenate(chunks) if chunks else np.zeros(0))
 
@@ -115,11 +118,19 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         import pandas as pd
 
         from dfk.evaluation import verdict
+        from dfk.settings import SETTINGS
 
         if isinstance(model_input, dict):
-            model_input = pd.DataFrame(model_input)
+            try:
+                model_input = pd.DataFrame(model_input)
+            except (ValueError, TypeError) as exc:  # e.g. {"image": "abc"}: scalars, no rows
+                raise _mlflow_bad_request(f"input must have a column '{IMAGE_COLUMN}' of image bytes ({exc})") from None
         if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
             raise _mlflow_bad_request(f"input must have a column '{IMAGE_COLUMN}' of image bytes (base64 in JSON)")
+        rows = len(model_input)
+        if rows > SETTINGS.max_request_rows:
+            raise _mlflow_bad_request(f"{rows} images in one request; the limit is {SETTINGS.max_request_rows} "
+                                      "(send them in several requests)")
         try:
             batch = self.decode_rows(list(model_input[IMAGE_COLUMN]))
         except InvalidInput as exc:

@@ -54,6 +54,9 @@ class Settings:
     stale_run_after: int = 300
     # Times one trial is queued again after its worker died.
     max_retry: int = 3
+    # Most images one request to the served model (mlflow models serve, POST /invocations) may carry;
+    # more is refused with HTTP 400 before any is decoded, so a request's memory and time stay bounded.
+    max_request_rows: int = 256
     # Port of the web app on 127.0.0.1.
     app_port: int = 8000
     # Folder for Grad-CAM overlays and their gallery (under mlflow run: the entry point's run).

@@ -41,6 +41,63 @@ class Limits:
     max_bytes: int = 20 * 1024 * 1024  # a 20 MB upload is far beyond any photo a detector needs
     max_files: int = 12  # images per drop; the page refuses more with a message
     max_waiting: int = 16  # requests queued for the model before the app answers 429
+    # An upload still arriving after this many seconds is answered 408 and its connection closed, so
+    # clients that trickle a body byte by byte free their connection (20 MB at 4 Mbit/s takes 40 s).
+    body_seconds: float = 60.0
+    # Connections uvicorn holds at once (its limit_concurrency; more are answered 503); the process's
+    # open-file limit is raised to fit them.
+    max_connections: int = 4096
+
+
+#: Host names a browser may call the app by, whatever address it is bound to (DNS rebinding: a
+#: foreign name that resolves to this machine is refused).
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+_ANY_ADDRESS = ("0.0.0.0", "::", "")
+
+
+def allowed_hosts(host: str, extra=()) -> list[str]:
+    """Host names the app answers to when bound to ``host``: it, the local names, ``extra``; bound to
+    all interfaces, also this machine's name and addresses."""
+    import socket
+
+    names = {*LOCAL_HOSTS, *extra}
+    if host in _ANY_ADDRESS:
+        for name in {socket.gethostname(), socket.getfqdn()}:
+            names.add(name)
+            try:
+                names.update(info[4][0] for info in socket.getaddrinfo(name, None))
+            except OSError:
+                pass
+    else:
+        names.add(host)
+    return sorted(n.lower() for n in names if n)
+
+
+class SameOrigin:
+    """Refuse (403) a POST, PUT, PATCH or DELETE whose ``Origin`` is another site than the ``Host`` asked.
+
+    A browser sends ``Origin`` on cross-site requests, and a form post or a ``text/plain`` fetch
+    needs no CORS preflight, so without this another page could make the app work for it.
+    Requests without ``Origin`` (curl, scripts) pass. Starlette has no such middleware (its
+    CORSMiddleware only shapes the answer, after the app has already run).
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                       if k in (b"origin", b"host")}
+            origin = headers.get("origin")
+            if origin is not None:
+                from urllib.parse import urlsplit
+
+                parts = urlsplit(origin)
+                if parts.scheme not in ("http", "https") or parts.netloc.lower() != headers.get("host", "").lower():
+                    response = JSONResponse({"error": f"cross-site request from {origin[:100]} refused"}, status_code=403)
+                    return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 @dataclass
@@ -136,8 +193,14 @@ class Explainer:
         }
 
 
-def create_app(detector, info: ModelInfo, limits: Limits = Limits(), layer: str | None = None):
-    """The FastAPI application around a loaded :class:`dfk.serving.DeepfakeDetector`."""
+def create_app(detector, info: ModelInfo, limits: Limits = Limits(), layer: str | None = None,
+               hosts: list[str] | None = None):
+    """The FastAPI application around a loaded :class:`dfk.serving.DeepfakeDetector`.
+
+    ``hosts``: the ``Host`` names it answers (others get 400); None: :func:`allowed_hosts` of 127.0.0.1.
+    """
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+
     from dfk.data.decode import BadImage, ImageTooLarge
 
     explain = Explainer(detector, layer)
@@ -145,9 +208,12 @@ def create_app(detector, info: ModelInfo, limits: Limits = Limits(), layer: str 
     page = PAGE.read_text(encoding="utf-8")
     app = FastAPI(title="dfk", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.explainer, app.state.waiting = explain, waiting  # for tests that hold the model busy
+    app.add_middleware(SameOrigin)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts if hosts is not None else allowed_hosts("127.0.0.1"))
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
+    def error(status: int, message: str, close: bool = False) -> JSONResponse:
+        # close: the client may still be sending; ask uvicorn to drop the connection after answering.
+        return JSONResponse({"error": message}, status_code=status, headers={"Connection": "close"} if close else None)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # never a stack trace on the page
@@ -171,16 +237,20 @@ def create_app(detector, info: ModelInfo, limits: Limits = Limits(), layer: str 
         mb = limits.max_bytes / 2**20
         body, size = bytearray(), 0
         drain = 4 * limits.max_bytes  # read (and drop) this much of an oversized upload, then hang up
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= limits.max_bytes:
-                body += chunk
-            elif size > drain:
-                break
+        try:
+            async with asyncio.timeout(limits.body_seconds):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size <= limits.max_bytes:
+                        body += chunk
+                    elif size > drain:
+                        break
+        except TimeoutError:
+            return error(408, f"the upload did not arrive within {limits.body_seconds:g} s", close=True)
         # The body of a too-large upload is read and dropped rather than left unread: a client
         # still sending when the server answers sees a broken pipe instead of the message.
         if size > limits.max_bytes:
-            return error(413, f"file is larger than the {mb:g} MB limit")
+            return error(413, f"file is larger than the {mb:g} MB limit", close=True)
         if request.headers.get("content-type", "").startswith("multipart/"):
             return error(415, "send the image bytes as the request body (curl --data-binary @photo.jpg), not as a form")
         if not body:
@@ -209,9 +279,23 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def _raise_open_file_limit(wanted: int) -> None:
+    """Let the process hold ``wanted`` sockets if the hard limit allows (the soft one is often 1024)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def serve(model_uri: str = SETTINGS.champion_uri, host: str = "127.0.0.1", port: int = SETTINGS.app_port,
-          ui_url: str | None = None, limits: Limits = Limits(), layer: str | None = None) -> None:
-    """Load the model, then serve the page until Ctrl-C."""
+          ui_url: str | None = None, limits: Limits = Limits(), layer: str | None = None,
+          extra_hosts: tuple[str, ...] = ()) -> None:
+    """Load the model, then serve the page until Ctrl-C.
+
+    ``extra_hosts``: more names browsers may use for this machine (``--allowed-host``).
+    """
     import uvicorn
 
     from dfk.serving import load_detector
@@ -222,7 +306,8 @@ def serve(model_uri: str = SETTINGS.champion_uri, host: str = "127.0.0.1", port:
         raise UserError(f"{host}:{port} is already in use; choose another port with --port")
     detector = load_detector(model_uri)
     info = describe_model(model_uri, detector, ui_url)
-    app = create_app(detector, info, limits, layer)
+    app = create_app(detector, info, limits, layer, allowed_hosts(host, extra_hosts))
     label = f"{info.name} v{info.version}" if info.version else model_uri
+    _raise_open_file_limit(limits.max_connections + 64)
     print(f"dfk app: {label} ({info.arch}, {info.image_size} px) at http://{host}:{port}  (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=limits.max_connections)

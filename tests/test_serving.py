@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.localserver import free_port, request as _post, running, venv_tool
+from bench.hostile import ACCEPTED, corpus
+from bench.localserver import free_port, request as _post, running, tree_peak_mib, venv_tool
+from dfk.data.decode import DECODE_MEMORY
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +26,10 @@ def server(tmp_path_factory, champion):
     cmd = [venv_tool("mlflow"), "models", "serve", "-m", "models:/deepfake-detector@champion",
            "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "2"]
     with running(cmd, f"{base}/ping", env=dict(os.environ, MLFLOW_TRACKING_URI=champion),
-                 cwd=tmp_path_factory.mktemp("serve"), timeout=120):
+                 cwd=tmp_path_factory.mktemp("serve"), timeout=120) as proc:
         mlflow.set_tracking_uri(champion)
         model = mlflow.pyfunc.load_model("models:/deepfake-detector@champion")
-        yield base, model, champion
+        yield base, model, champion, proc
 
 
 def _jpegs(tiny_data, n=3):
@@ -39,7 +41,7 @@ def _b64(b: bytes) -> str:
 
 
 def test_every_request_format_matches_in_process_predictions(server, tiny_data):
-    base, model, _ = server
+    base, model, *_ = server
     images = _jpegs(tiny_data)
     expected = model.predict(pd.DataFrame({"image": images})).probability_fake.to_numpy()
     b64 = [_b64(b) for b in images]
@@ -58,7 +60,7 @@ def test_every_request_format_matches_in_process_predictions(server, tiny_data):
 
 
 def test_other_sizes_and_modes_are_accepted(server):
-    base, model, _ = server
+    base, model, *_ = server
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 120), dtype=np.uint8)).save(buf, "PNG")
     status, out = _post(f"{base}/invocations", json.dumps({"inputs": {"image": [_b64(buf.getvalue())]}}).encode())
@@ -80,12 +82,12 @@ def _bomb() -> bytes:
         (json.dumps({"dataframe_records": [{"image": "!!! not base64 !!!"}]}).encode(), "base64"),
         (json.dumps({"dataframe_records": [{"image": _b64(b"just some text")}]}).encode(), "row 0: not an image"),
         (json.dumps({"dataframe_records": [{"image": ""}]}).encode(), "row 0: empty"),
-        (json.dumps({"inputs": {"image": [_b64(_bomb())]}}).encode(), "row 0: 8000x8000 pixels exceeds"),
+        (json.dumps({"inputs": {"image": [_b64(_bomb())]}}).encode(), "row 0: 64,000,000 pixels exceeds the 50 Mpx limit"),
     ],
     ids=["not-json", "wrong-column", "missing-column", "bad-base64", "not-an-image", "empty", "bomb"],
 )
 def test_bad_input_is_a_400_naming_the_problem_and_the_server_keeps_serving(server, tiny_data, body, fragment):
-    base, _, _ = server
+    base, *_ = server
     status, out = _post(f"{base}/invocations", body)
     assert status == 400, out
     assert fragment in out.get("message", ""), out
@@ -94,14 +96,14 @@ def test_bad_input_is_a_400_naming_the_problem_and_the_server_keeps_serving(serv
 
 
 def test_the_row_at_fault_is_named(server, tiny_data):
-    base, _, _ = server
+    base, *_ = server
     good = _b64(_jpegs(tiny_data, 1)[0])
     status, out = _post(f"{base}/invocations", json.dumps({"inputs": {"image": [good, good, _b64(b"nope")]}}).encode())
     assert status == 400 and "row 2" in out["message"]
 
 
 def test_eight_concurrent_clients_get_no_errors(server, tiny_data):
-    base, _, _ = server
+    base, *_ = server
     body = json.dumps({"inputs": {"image": [_b64(_jpegs(tiny_data, 1)[0])]}}).encode()
 
     def client(_):
@@ -138,3 +140,39 @@ def test_the_champion_ships_as_a_container_recipe_built_offline(champion, tmp_pa
     requirements = (model / "requirements.txt").read_text().split()
     assert any(req.startswith(("tensorflow-cpu==", "tensorflow==")) for req in requirements)
     assert any(req.startswith("keras==") for req in requirements)
+
+
+#: What the hostile corpus may add to the server's peak memory (all its processes together): each
+#: worker decodes within DECODE_MEMORY, which costs at most ~5x in working copies (bench.hostile).
+SERVER_GROWTH_MIB = 2 * 5 * DECODE_MEMORY / 2**20
+
+
+@pytest.mark.parametrize("clients", [1, 4, 16])
+def test_the_hostile_corpus_gets_200_or_400_and_the_server_stays_within_its_memory_budget(server, tiny_data, clients):
+    base, _, _, proc = server
+    before = tree_peak_mib(proc.pid)
+    files = corpus()
+
+    def send(name):
+        return name, *_post(f"{base}/invocations", json.dumps({"inputs": {"image": [_b64(files[name])]}}).encode())
+
+    with ThreadPoolExecutor(clients) as pool:
+        answers = list(pool.map(send, sorted(files)))
+    for name, status, out in answers:
+        if name in ACCEPTED:
+            assert status == 200 and 0 <= out["predictions"][0]["probability_fake"] <= 1, (name, out)
+        else:
+            assert status == 400 and "row 0: " in out["message"], (name, out)
+    assert tree_peak_mib(proc.pid) - before < SERVER_GROWTH_MIB
+    ok, _ = _post(f"{base}/invocations", json.dumps({"inputs": {"image": [_b64(_jpegs(tiny_data, 1)[0])]}}).encode())
+    assert ok == 200
+
+
+def test_more_rows_than_the_limit_is_a_400_before_any_is_decoded(server):
+    from dfk.settings import SETTINGS
+
+    base, *_ = server
+    tiny = _b64(corpus()["one_pixel"])
+    n = SETTINGS.max_request_rows + 1
+    status, out = _post(f"{base}/invocations", json.dumps({"inputs": {"image": [tiny] * n}}).encode())
+    assert status == 400 and f"{n} images in one request" in out["message"]

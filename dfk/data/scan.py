@@ -185,24 +185,25 @@ def jpeg_quality(im) -> int:
 
 
 def probe(path: str) -> ImageInfo:
-    """Read one file's header; raises :class:`~dfk.data.decode.BadImage` for non-images and bombs."""
-    from PIL import Image
-
-    from dfk.data.decode import MAX_PIXELS, BadImage
+    """Read one file's header; raises :class:`~dfk.data.decode.BadImage` for non-images, formats outside
+    the allowlist and bombs (a JPEG is judged at the reduced scale training decodes it at)."""
+    from dfk.data.decode import BadImage, check_budget, open_header
 
     try:
         size = os.path.getsize(path)
-        if size == 0:
-            raise BadImage("empty file")
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise BadImage(f"{w}x{h} pixels exceeds the {MAX_PIXELS // 1_000_000} Mpx limit")
-            return ImageInfo(im.format or "?", w, h, size, jpeg_quality(im), im.mode)
-    except BadImage:
-        raise
-    except Exception as exc:
-        raise BadImage(f"not an image ({type(exc).__name__})") from None
+    except OSError as exc:
+        raise BadImage(f"cannot read file ({exc.strerror})") from None
+    if size == 0:
+        raise BadImage("empty file")
+    with open_header(path) as im:
+        try:
+            info = ImageInfo(im.format or "?", *im.size, size, jpeg_quality(im), im.mode)
+            check_budget(im, 1)
+        except BadImage:
+            raise
+        except Exception as exc:  # a header Pillow opened but cannot describe
+            raise BadImage(f"not an image ({type(exc).__name__})") from None
+    return info
 
 
 def open_data(data_dir: str | os.PathLike, val_split: float = TrainConfig.val_split, seed: int = TrainConfig.seed,

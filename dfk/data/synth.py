@@ -133,19 +133,15 @@ def source_photos(photos: str = BUILTIN_PHOTOS) -> tuple[np.ndarray, ...]:
 
 
 def _folder_photos(folder: Path) -> tuple[np.ndarray, ...]:
-    import cv2
-
-    from dfk.data.decode import IMAGE_EXTENSIONS, BadImage, read_image
+    from dfk.data.decode import IMAGE_EXTENSIONS, BadImage, decode_for_display, read_bytes
 
     out = []
     for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
         try:
-            img = read_image(str(path))
+            # Reduced as it is decoded (a JPEG at a smaller DCT scale), so big photos fit the decode budget.
+            img = decode_for_display(read_bytes(path), MAX_PHOTO_SIDE)
         except BadImage:
             continue
-        scale = MAX_PHOTO_SIDE / max(img.shape[:2])
-        if scale < 1:
-            img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
         out.append(img)
     if len(out) < 2:
         raise UserError(f"{folder} has {len(out)} readable photographs; a set needs at least 2 (splices take a second one)")
