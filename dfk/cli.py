@@ -423,12 +423,13 @@ def promote(
         "Folder (or builtin) whose test split decides; default: the challenger's own training data, "
         "split as its run split it."))] = None,
     margin: Annotated[float, typer.Option(min=0.0, help="ROC-AUC the challenger must gain to become champion.")] = SETTINGS.promotion_margin,
+    version: Annotated[Optional[str], typer.Option(help=f"Judge this version instead of the '{SETTINGS.challenger}' one.")] = None,
 ) -> None:
     """Evaluate challenger and champion on the same test split; move 'champion' only if better by MARGIN."""
     _quiet_tensorflow()
     from dfk.registry import promote as run_promote
 
-    d = run_promote(name, _unset(data_dir), margin)
+    d = run_promote(name, _unset(data_dir), margin, version=_unset(version))
     typer.echo(f"{'promoted' if d.promoted else 'not promoted'}: {d.reason}")
     if d.data:
         typer.echo(f"judged on {d.data}")

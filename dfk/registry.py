@@ -10,8 +10,10 @@ twice changes nothing the second time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import time
 from dataclasses import dataclass
 
 from dfk.errors import UserError
@@ -103,25 +105,61 @@ class Decision:
     data: str = ""  # which folder and split decided
 
 
+#: Times promote judges again because the champion moved while it was judging.
+REJUDGE = 3
+
+
 def promote(name: str = SETTINGS.model_name, data_dir: str | None = None, margin: float = SETTINGS.promotion_margin,
-            metric: str = "roc_auc") -> Decision:
-    """Move ``champion`` to ``challenger`` when it is better by ``margin`` on the same test split:
-    ``data_dir``'s, or by default the challenger's own training data, split as its run split it."""
+            metric: str = "roc_auc", version: str | None = None) -> Decision:
+    """Move ``champion`` to ``challenger`` (or to ``version``) when it is better by ``margin`` on the
+    same test split: ``data_dir``'s, or by default the challenger's own training data, split as its
+    run split it.
+
+    Compare-and-set: the judging (minutes) runs unlocked; then, under the registry's promotion lock,
+    the champion is read again and the alias moves only if it is still the version judged against;
+    if another promote moved it meanwhile, the challenger is judged again against the new champion.
+    The decision is written on the version (description, tags) before the alias moves, so a re-run
+    after a crash between the two judges again and finishes the move."""
     from mlflow import MlflowClient
 
+    client = MlflowClient()
+    challenger = _version(client, name, version) if version else _alias_version(client, name, SETTINGS.challenger)
+    if challenger is None:
+        raise UserError(f"registered model {name!r} has no {SETTINGS.challenger!r} version; run dfk register first")
+    for _ in range(REJUDGE):
+        champion = _alias_version(client, name, SETTINGS.champion)
+        if champion is None or champion.version == challenger.version:
+            decision = Decision(champion is None, "challenger is already the champion" if champion else "no champion yet",
+                                str(challenger.version), str(challenger.version), {})
+            description, record = "", {"promotion_decision": "first champion"} if champion is None else {}
+        else:
+            decision, description, record = _judge(client, name, challenger, champion, data_dir, margin, metric)
+        with promotion_lock(client, name):
+            now = _alias_version(client, name, SETTINGS.champion)
+            if getattr(now, "version", None) != getattr(champion, "version", None):
+                continue  # another promote moved the champion while this one judged: judge against the new one
+            if record and champion is not None:
+                client.update_model_version(name, challenger.version, description=description)
+            for k, v in record.items():
+                client.set_model_version_tag(name, challenger.version, k, v)
+            if decision.promoted:
+                client.set_registered_model_alias(name, SETTINGS.champion, challenger.version)
+        return decision
+    raise UserError(f"the {SETTINGS.champion!r} alias of {name!r} kept moving while promote judged; run it again")
+
+
+def _version(client, name: str, version: str):
+    try:
+        return client.get_model_version(name, str(version))
+    except Exception:
+        raise UserError(f"registered model {name!r} has no version {version}") from None
+
+
+def _judge(client, name: str, challenger, champion, data_dir, margin: float, metric: str):
+    """Score both versions on one test split: ``(Decision, description, tags)`` for the challenger."""
     from dfk.scoring import model_data, score_folder, scoring_data
     from dfk.serving import load_detector
 
-    client = MlflowClient()
-    challenger = _alias_version(client, name, SETTINGS.challenger)
-    champion = _alias_version(client, name, SETTINGS.champion)
-    if challenger is None:
-        raise UserError(f"registered model {name!r} has no {SETTINGS.challenger!r} version; run dfk register first")
-    if champion is None or champion.version == challenger.version:
-        if champion is None:
-            client.set_registered_model_alias(name, SETTINGS.champion, challenger.version)
-        return Decision(champion is None, "challenger is already the champion" if champion else "no champion yet",
-                        str(challenger.version), str(challenger.version), {})
     challenger_uri, champion_uri = f"models:/{name}/{challenger.version}", f"models:/{name}/{champion.version}"
     index, data = scoring_data(challenger_uri, data_dir)
     theirs = model_data(champion_uri)
@@ -135,19 +173,73 @@ def promote(name: str = SETTINGS.model_name, data_dir: str | None = None, margin
     reason = (f"challenger v{challenger.version} {metric} {ch[metric]:.4f} vs champion v{champion.version} "
               f"{cp[metric]:.4f}: {'+' if gain >= 0 else ''}{gain:.4f} "
               f"{'>=' if promoted else '<'} margin {margin}")
-    if promoted:
-        client.set_registered_model_alias(name, SETTINGS.champion, challenger.version)
     verdict = "promoted to champion" if promoted else "kept as challenger"
     shown = ("roc_auc", "log_loss", "accuracy", "eer")
     comparison = {"challenger": {k: ch[k] for k in shown}, "champion": {k: cp[k] for k in shown},
                   "margin": margin, "metric": metric, "promoted": promoted, "data": data,
                   "data_dir": index.spec.data_dir, "val_split": index.spec.val_split, "seed": index.spec.seed,
                   "dataset_fingerprint": index.fingerprint}
-    client.update_model_version(name, challenger.version, description=f"{verdict}: {reason}\n\njudged on {data}\n\n"
-                                f"```json\n{json.dumps(comparison, indent=2)}\n```")
-    for k, v in {"promotion_decision": verdict, "promotion_gain": f"{gain:.6f}",
-                 "promotion_against": str(champion.version), "promotion_margin": str(margin),
-                 "promotion_data": index.spec.data_dir, "promotion_seed": str(index.spec.seed)}.items():
-        client.set_model_version_tag(name, challenger.version, k, v)
-    return Decision(promoted, reason, str(challenger.version),
-                    str(challenger.version if promoted else champion.version), comparison, data)
+    description = f"{verdict}: {reason}\n\njudged on {data}\n\n```json\n{json.dumps(comparison, indent=2)}\n```"
+    tags = {"promotion_decision": verdict, "promotion_gain": f"{gain:.6f}",
+            "promotion_against": str(champion.version), "promotion_margin": str(margin),
+            "promotion_data": index.spec.data_dir, "promotion_seed": str(index.spec.seed)}
+    decision = Decision(promoted, reason, str(challenger.version),
+                        str(challenger.version if promoted else champion.version), comparison, data)
+    return decision, description, tags
+
+
+#: Suffix of the registered model whose existence is the promotion lock of a model.
+LOCK_SUFFIX = ".promotion-lock"
+#: Seconds a promote waits for another one's lock (held only while the alias is re-read and moved).
+LOCK_WAIT = 120
+
+
+@contextlib.contextmanager
+def promotion_lock(client, name: str, wait: float = LOCK_WAIT):
+    """Hold the promotion lock of ``name``: a registered model ``<name>.promotion-lock`` that only one
+    process can create (the store's unique name is the atomic step, on SQLite, PostgreSQL or a
+    server alike). A lock whose holder is gone (:mod:`dfk.liveness`) is broken."""
+    from dataclasses import asdict
+
+    from mlflow.exceptions import MlflowException
+
+    from dfk.liveness import Beat, this_process
+
+    lock = f"{name}{LOCK_SUFFIX}"
+    deadline = time.time() + wait
+    delay = 0.05
+    while True:
+        try:
+            client.create_registered_model(lock, tags={"holder": json.dumps(asdict(this_process()))},
+                                           description=f"held by dfk promote while it moves the aliases of {name}")
+            break
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                continue  # SQLite: taken, then released before the store could say by whom
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            holder = Beat(**json.loads(client.get_registered_model(lock).tags.get("holder", "")))
+        except (MlflowException, TypeError, ValueError):
+            holder = None  # released (or being written) meanwhile
+        if holder is not None and holder.gone():
+            _drop(client, lock)  # its process died holding it
+            continue
+        if time.time() > deadline:
+            raise UserError(f"another promote of {name!r} holds {lock!r}; try again (or delete that registered "
+                            "model if no promote runs)")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+    try:
+        yield
+    finally:
+        _drop(client, lock)
+
+
+def _drop(client, lock: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.delete_registered_model(lock)
+    except MlflowException:
+        pass

@@ -1,6 +1,8 @@
 """Register the best run, promote behind a gate, predict from the registry."""
 
 import csv
+from pathlib import Path
+import time
 
 import mlflow
 import pytest
@@ -154,3 +156,105 @@ def test_predict_scores_folders_to_csv_and_skips_unreadable(trained_model, tiny_
     first = next(r for r in rows)
     expected = model.predict(pd.DataFrame({"image": [open(first["path"], "rb").read()]})).probability_fake[0]
     assert float(first["probability_fake"]) == pytest.approx(expected, abs=1e-5)
+
+
+def _fake_versions(monkeypatch, quality: dict[str, float], rng=None):
+    """Registered versions whose scoring is instant: version -> ROC-AUC; ``rng`` adds random pauses
+    at every step of promote, so that two promotes interleave differently every time."""
+    import types
+
+    from dfk import registry, scoring, serving
+
+    client = mlflow.MlflowClient()
+    client.create_registered_model("m")
+    for _ in quality:
+        client.create_model_version("m", source=str(Path.cwd() / "model"), run_id=None)
+    pause = (lambda: time.sleep(rng.random() * 0.05)) if rng else (lambda: None)
+    spec = types.SimpleNamespace(data_dir="d", val_split=0.2, seed=1)
+    monkeypatch.setattr(scoring, "scoring_data", lambda uri, data_dir: (types.SimpleNamespace(spec=spec, fingerprint="f"), "d"))
+    monkeypatch.setattr(scoring, "model_data", lambda uri: None)
+    monkeypatch.setattr(serving, "load_detector", lambda uri: uri.rsplit("/", 1)[-1])
+
+    def score(version, index, *a, **k):
+        pause()
+        auc = quality[version]
+        return types.SimpleNamespace(clean=types.SimpleNamespace(metrics={"roc_auc": auc, "log_loss": 1 - auc,
+                                                                          "accuracy": auc, "eer": 1 - auc}))
+
+    monkeypatch.setattr(scoring, "score_folder", score)
+    real_alias = registry._alias_version
+
+    def slow_alias(*a):
+        pause()
+        return real_alias(*a)
+
+    monkeypatch.setattr(registry, "_alias_version", slow_alias)
+    return client
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_two_promotes_racing_never_leave_a_worse_champion(monkeypatch, seed):
+    import random
+    import threading
+
+    from dfk.registry import promote
+
+    quality = {"1": 0.80, "2": 0.95, "3": 0.90}
+    client = _fake_versions(monkeypatch, quality, random.Random(seed))
+    client.set_registered_model_alias("m", "champion", "1")
+    errors = []
+
+    def contender(version):
+        try:
+            promote("m", version=version, margin=0.01)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=contender, args=(v,)) for v in random.Random(seed).sample(["2", "3"], 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "2"  # the best, whoever came first
+    decided = {v: client.get_model_version("m", v).tags.get("promotion_decision") for v in ("2", "3")}
+    assert decided["2"] == "promoted to champion"
+    assert not [m for m in client.search_registered_models() if m.name.endswith(".promotion-lock")]
+
+
+def test_a_promote_that_crashed_between_its_record_and_the_alias_is_finished_by_a_rerun(monkeypatch):
+    from dfk.registry import promote
+
+    client = _fake_versions(monkeypatch, {"1": 0.8, "2": 0.9})
+    client.set_registered_model_alias("m", "champion", "1")
+    client.set_registered_model_alias("m", "challenger", "2")
+    real = type(client).set_registered_model_alias
+
+    def crash(self, name, alias, version):
+        if alias == "champion":
+            raise ConnectionError("the store went away")
+        return real(self, name, alias, version)
+
+    monkeypatch.setattr(type(client), "set_registered_model_alias", crash)
+    with pytest.raises(ConnectionError):
+        promote("m")
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+    monkeypatch.setattr(type(client), "set_registered_model_alias", real)
+    decision = promote("m")
+    assert decision.promoted and str(client.get_model_version_by_alias("m", "champion").version) == "2"
+    v2 = client.get_model_version("m", "2")
+    assert v2.tags["promotion_decision"] == "promoted to champion" and "0.9000 vs champion v1" in v2.description
+
+
+def test_a_lock_left_by_a_dead_promote_is_broken(monkeypatch):
+    import json as _json
+    from dataclasses import asdict, replace
+
+    from dfk.liveness import this_process
+    from dfk.registry import LOCK_SUFFIX, promote
+
+    client = _fake_versions(monkeypatch, {"1": 0.8, "2": 0.9})
+    client.set_registered_model_alias("m", "champion", "1")
+    dead = replace(this_process(), pid=2**22 + 7)
+    client.create_registered_model(f"m{LOCK_SUFFIX}", tags={"holder": _json.dumps(asdict(dead))})
+    assert promote("m", version="2").promoted
