@@ -55,6 +55,27 @@ def store_exists(tracking_uri: str | None = None) -> bool:
     return local is None or local.exists()
 
 
+def ready_store(tracking_uri: str | None = None) -> None:
+    """Create (or migrate) a local SQLite store's tables one process at a time.
+
+    MLflow does it on first use in every process, and processes that start together on a fresh
+    ``mlflow.db`` race: all but one fail with "table ... already exists". A lock file beside the
+    database (``.mlflow.db.lock``) makes the others wait; afterwards it costs one ``flock``."""
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    local = _local_store(uri)
+    if local is None or not uri.startswith("sqlite:"):
+        return
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: MLflow's own behaviour
+        return
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with open(local.with_name(f".{local.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        mlflow.search_experiments(max_results=1)  # the tracking store's tables
+        mlflow.MlflowClient().search_registered_models(max_results=1)  # the registry's (same file)
+
+
 def set_experiment(name: str):
     """``mlflow.set_experiment``; a missing experiment of a SQLite store is created with its artifacts
     beside the database (``<store folder>/mlruns/<name>``). MLflow's own default there is ``./mlruns``
