@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -80,7 +82,8 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
 
         import dfk.models.layers  # noqa: F401  registers dfk's custom layers for loading
 
-        self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
+        # safe_mode: a Lambda layer's pickled bytecode is refused, never run.
+        self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False, safe_mode=True)
         meta = json.loads(Path(context.artifacts[META_ARTIFACT]).read_text())
         self.arch = str(meta.get("arch", ""))
         self.image_size = int(meta["image_size"])
@@ -142,12 +145,20 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         })
 
 
+#: The environment a model is loaded in: no unpickling. A dfk model is code and a ``.keras`` file
+#: (MLflow's models-from-code), so nothing of it needs pickle, and a pickled model is refused before
+#: its payload can run.
+SAFE_LOADING = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+
+
 def load_detector(model_uri: str) -> DeepfakeDetector:
-    """Load a logged or registered dfk model (``runs:/``, ``models:/name@alias`` or a local path)."""
+    """Load a logged or registered dfk model (``runs:/``, ``models:/name@alias`` or a local path)
+    with pickle deserialization off and Keras' safe mode on."""
     from dfk.errors import UserError
 
     try:
-        loaded = mlflow.pyfunc.load_model(model_uri)
+        with mock.patch.dict(os.environ, SAFE_LOADING):
+            loaded = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:  # MlflowException, OSError, ... : all mean "no such model"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load model {model_uri!r}: {first[:200]}") from None

@@ -176,3 +176,42 @@ def test_more_rows_than_the_limit_is_a_400_before_any_is_decoded(server):
     n = SETTINGS.max_request_rows + 1
     status, out = _post(f"{base}/invocations", json.dumps({"inputs": {"image": [tiny] * n}}).encode())
     assert status == 400 and f"{n} images in one request" in out["message"]
+
+
+class _Payload:
+    """Runs a shell command when unpickled: what a poisoned cloudpickled model would carry."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickled_model_is_refused_before_its_payload_runs(tmp_path, jpeg_bytes):
+    import mlflow.pyfunc
+    from typer.testing import CliRunner
+
+    from dfk.cli import app
+
+    class Pickled(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    import cloudpickle
+
+    marker = tmp_path / "pwned"
+    mlflow.pyfunc.save_model(str(tmp_path / "pickled"), python_model=Pickled())
+    (pkl,) = (tmp_path / "pickled").glob("*.pkl")  # the model MLflow cloudpickled, poisoned
+    pkl.write_bytes(cloudpickle.dumps(_Payload(marker)))
+    (tmp_path / "x.jpg").write_bytes(jpeg_bytes)
+    out = CliRunner().invoke(app, ["predict", str(tmp_path / "pickled"), str(tmp_path / "x.jpg")])
+    assert out.exit_code == 2, out.output
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dfk: error: cannot load model") and "pickle" in lines[0]
+    assert not marker.exists()  # the payload never ran
+    import os
+
+    assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION" not in os.environ  # this process's setting is left as it was
