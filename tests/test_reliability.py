@@ -4,66 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import mlflow
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-TINY = ["-P", "image_size=32", "-P", "batch_size=8", "-P", "warmup_epochs=0", "-P", "gradcam_images=0"]
-
-
-def _env(tmp_path) -> dict[str, str]:
-    outer = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
-    return dict(outer, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db",
-                TF_CPP_MIN_LOG_LEVEL="3")
-
-
-def _start(cmd: list[str], tmp_path) -> subprocess.Popen:
-    mlflow.set_experiment("e")  # the store exists before the process starts (no two processes create it at once)
-    return subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=tmp_path)
-
-
-def _train_cmd(data: Path, epochs: int, *extra: str) -> list[str]:
-    return [str(BIN / "dfk"), "train", "--arch", "cnn", "-d", str(data), "-P", f"epochs={epochs}",
-            "-P", f"patience={epochs}", *TINY, "--experiment", "e", *extra]
-
-
-def _mlflow_run_cmd(data: Path, epochs: int) -> list[str]:
-    return [str(BIN / "mlflow"), "run", str(ROOT), "-e", "cnn", "--env-manager", "local", "--experiment-name", "e",
-            "-P", f"data_dir={data}", "-P", f"epochs={epochs}", "-P", f"patience={epochs}",
-            *(w for pair in zip(TINY[::2], TINY[1::2]) for w in pair)]
-
-
-def _wait_for_epochs(proc: subprocess.Popen, n: int, experiment: str = "e", timeout: float = 240):
-    """The first run of ``experiment`` with a trial/training tag once it has ``n`` epochs logged."""
-    client = mlflow.MlflowClient()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read()[-3000:]
-        exp = mlflow.get_experiment_by_name(experiment)
-        runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("arch")] if exp else []
-        if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= n:
-            return runs[0]
-        time.sleep(0.2)
-    raise AssertionError("training did not reach its epochs in time")
-
-
-def _statuses(experiment: str = "e", grace: float = 15) -> dict[str, str]:
-    """Run name -> status once no run of ``experiment`` is RUNNING or FAILED-then-corrected (or grace ends)."""
-    deadline = time.time() + grace
-    while True:
-        runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
-        if all(r.info.status == "KILLED" for r in runs) or time.time() > deadline:
-            return {r.info.run_name: r.info.status for r in runs}
-        time.sleep(0.5)
+from bench.reliability import (BIN, ROOT, TINY, env as _env, first_epoch, mlflow_run_cmd as _mlflow_run_cmd, pairs,
+                               start as _start, train_cmd as _train_cmd, until_all_killed,
+                               wait_for_epochs as _wait_for_epochs)
 
 
 @pytest.mark.parametrize("launcher, signum", [
@@ -78,7 +28,7 @@ def test_a_signal_ends_the_training_run_killed_with_its_epochs_kept(tiny_data, t
     run = _wait_for_epochs(proc, 2)
     proc.send_signal(signum)  # to that one process, as a scheduler or `kill PID` sends it
     proc.wait(timeout=60)
-    statuses = _statuses()
+    statuses, _ = until_all_killed()
     assert set(statuses.values()) == {"KILLED"}, statuses
     curves = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val_loss")
     steps = [m.step for m in curves]
@@ -93,7 +43,7 @@ def test_a_signal_ends_the_training_run_killed_with_its_epochs_kept(tiny_data, t
 
 def test_sigterm_stops_a_sweep_with_its_parent_and_trial_killed(tiny_data, tmp_path):
     cmd = [str(BIN / "dfk"), "tune", "--arch", "cnn", "-d", str(tiny_data), "--n-trials", "3", "--pruner", "none",
-           "--study-name", "s", "--experiment", "e", "-P", "epochs=300", "-P", "patience=300", *TINY]
+           "--study-name", "s", "--experiment", "e", *pairs(("epochs=300", "patience=300", *TINY))]
     proc = _start(cmd, tmp_path)
     _wait_for_epochs(proc, 2)
     proc.send_signal(signal.SIGTERM)
@@ -130,7 +80,7 @@ def test_a_sigkilled_run_resumes_where_it_stopped(tiny_data, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ignoring epochs" in out.stderr  # the run goes on with its own parameters
     assert f"resuming run {run_id}" in out.stdout
-    first = min(int(m) for m in re.findall(r"^Epoch (\d+)/\d+$", out.stdout, re.M))
+    first = first_epoch(out.stdout)
     assert first >= logged  # epochs redone: at most the one the kill interrupted
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["dfk.resumed"] == "1"
