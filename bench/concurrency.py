@@ -91,6 +91,7 @@ def storm(folder: Path, data: Path, trainers: int = 4, workers: int = 2, n_trial
 def main() -> None:
     import tempfile
 
+    from bench.report import write_section
     from dfk.data.synth import SynthSpec, generate
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -105,17 +106,28 @@ def main() -> None:
         data = generate(SynthSpec(train=60, validation=20, test=20, image_size=64, seed=3), folder / "data")
         s = storm(folder, data, n_trials=args.trials, params=("epochs=4", "image_size=64", "gradcam_images=2"))
         import mlflow
+        import optuna
 
         mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
         runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
         by_status: dict[str, int] = {}
         for r in runs:
             by_status[r.info.status] = by_status.get(r.info.status, 0) + 1
-        print(f"{len(s.codes) - 1} processes + probe, {s.seconds:.0f} s; exit codes {s.codes}")
-        print(f"'{LOCKED}' in any output: {s.locked}")
-        print(f"runs by status: {by_status}")
-        print(f"probe metric writes: {len(s.latencies_ms)}, p50 {s.p(50):.1f} ms, p99 {s.p(99):.1f} ms, "
-              f"max {max(s.latencies_ms):.0f} ms")
+        trials = len(optuna.load_study(study_name="storm", storage=f"sqlite:///{folder}/optuna.db").get_trials(
+            states=[optuna.trial.TrialState.COMPLETE]))
+    lines = ["## Many writers on one SQLite store (`python -m bench.concurrency`)", "",
+             f"Four `dfk train` (cnn, 64 px, 4 epochs) and a two-worker `dfk tune` ({args.trials} trials) start at once on a "
+             "fresh folder (one `mlflow.db`, one `optuna.db`) while a probe logs a metric every 20 ms:", "",
+             "| measure | value |", "| --- | --- |",
+             f"| processes that failed | {sum(1 for c in s.codes if c)} of {len(s.codes)} |",
+             f"| \"{LOCKED}\" in any output | {s.locked} |",
+             f"| runs by status | {', '.join(f'{k} {v}' for k, v in sorted(by_status.items()))} |",
+             f"| sweep trials complete | {trials} of {args.trials} |",
+             f"| probe metric writes | {len(s.latencies_ms)} |",
+             f"| metric-write latency p50 / p99 / max (ms) | {s.p(50):.1f} / **{s.p(99):.1f}** / {max(s.latencies_ms):.0f} |",
+             f"| wall time (s) | {s.seconds:.0f} |"]
+    print("\n".join(lines))
+    write_section("concurrency", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -152,17 +152,29 @@ def resumed_against_uninterrupted(tmp: Path, epochs: int = 6, kill_after: int = 
 def main() -> None:
     import tempfile
 
+    from bench.report import write_section
     from dfk.data.synth import SynthSpec, generate
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = generate(SynthSpec(train=12, validation=6, test=6, image_size=64, seed=1), tmp / "tiny")
-        print("signal -> every run KILLED (s):")
-        for what, seconds, status in kill_latency(data, tmp):
-            print(f"  {what:<24} {seconds:5.1f}  {status}")
+        latency = kill_latency(data, tmp)
         before, after = sigkill_then_next_command(data, tmp)
-        print(f"RUNNING runs after 3 SIGKILLed trainings: {before}; after the next dfk command: {after}")
-        print("resume:", resumed_against_uninterrupted(tmp))
+        resume = resumed_against_uninterrupted(tmp)
+    lines = ["## Kills and resume (`python -m bench.reliability`)", "",
+             "A `cnn` training on a tiny set (32 px) is signalled once it has logged 2 epochs; seconds from the signal "
+             "until every run of the store is KILLED (the process handles the signal, or `mlflow run`'s command sees its "
+             "launcher gone):", "", "| launcher, signal | seconds | runs end |", "| --- | --- | --- |"]
+    lines += [f"| {what} | {seconds:.1f} | {status} |" for what, seconds, status in latency]
+    lines += ["", f"Three SIGKILLed trainings leave {before} runs RUNNING; after the next `dfk compare`: **{after}**.", "",
+              f"Resume: `{resume['arch']}` on the built-in set for {resume['epochs']} epochs, SIGKILLed after "
+              f"{resume['logged_before_kill']} logged epochs and resumed with `dfk train --resume`: epochs redone "
+              f"**{resume['epochs_redone']}**, {resume['points_per_curve']} points per curve, run "
+              f"{resume['resumed_status']}; test ROC-AUC {resume['resumed_test_roc_auc']:.4f} against "
+              f"{resume['uninterrupted_test_roc_auc']:.4f} for the same run uninterrupted (the resumed run sees its "
+              "remaining epochs' batches in another order, so the two differ as two seeds do)."]
+    print("\n".join(lines))
+    write_section("reliability", "\n".join(lines))
 
 
 if __name__ == "__main__":
