@@ -35,4 +35,4 @@ test-all: $(BIN)/.installed
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) mlruns mlflow.db
+	rm -rf $(VENV) mlruns mlflow.db .mlflow.db.lock checkpoints optuna.db
