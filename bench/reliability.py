@@ -101,7 +101,11 @@ def kill_latency(data: Path, tmp: Path) -> list[tuple[str, float, str]]:
         proc.send_signal(signum)
         statuses, _ = until_all_killed(60)
         out.append((f"{launcher}, {signum.name}", time.time() - t, ",".join(sorted(set(statuses.values())))))
-        proc.wait(timeout=60)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"{launcher} did not exit after {signum.name}: {proc.communicate()[0][-3000:]}") from None
     return out
 
 

@@ -41,21 +41,26 @@ class State:
     """What a run's checkpoint folder says about its training."""
 
     epochs: dict[int, dict[str, float]] = field(default_factory=dict)  # epoch index -> its logs
-    phases_done: dict[str, int] = field(default_factory=dict)  # finished fit phase -> epochs it ended at
-    callbacks: dict[str, dict[str, float]] = field(default_factory=dict)
+    reached: dict[str, int] = field(default_factory=dict)  # fit phase -> epochs its backed-up weights have had
+    phases_done: dict[str, int] = field(default_factory=dict)  # finished phase -> epochs it ended at
+    callbacks: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # phase -> callback -> counters
 
     @classmethod
     def load(cls, folder: Path) -> "State":
         path = folder / STATE_FILE
         if not path.exists():
             return cls()
-        raw = json.loads(path.read_text())
-        return cls({int(k): v for k, v in raw["epochs"].items()}, raw["phases_done"], raw["callbacks"])
+        try:
+            raw = json.loads(path.read_text())
+            return cls({int(k): v for k, v in raw["epochs"].items()}, raw["reached"], raw["phases_done"], raw["callbacks"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"the checkpoint state {path} cannot be read ({exc}); train the run again") from None
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps({"epochs": self.epochs, "phases_done": self.phases_done, "callbacks": self.callbacks}))
+        tmp.write_text(json.dumps({"epochs": self.epochs, "reached": self.reached, "phases_done": self.phases_done,
+                                   "callbacks": self.callbacks}))
         os.replace(tmp, folder / STATE_FILE)  # atomic: a kill leaves the old state or the new one
 
     def history(self) -> dict[str, list[float]]:
@@ -66,12 +71,23 @@ class State:
                 out.setdefault(k, []).append(v)
         return out
 
+    def next_epoch(self, first: int) -> int:
+        """The first epoch of a phase starting at ``first`` that the checkpoint has not logged."""
+        return max([first, *(e + 1 for e in self.epochs if e >= first)])
+
+
+#: The best weights so far, and where ``ModelCheckpoint`` writes a new best before it replaces them.
+BEST, BEST_PENDING = "best.weights.h5", "best.pending.weights.h5"
+
 
 def run_backup(folder: Path, phase: str, state: State, carried: list):
     """The Keras callback that backs up (and on a resume restores) one ``fit`` phase of a run.
 
-    Place it after the callbacks in ``carried`` (their counters are reset by their own
-    ``on_train_begin`` and saved after their ``on_epoch_end``) and before the metric logger."""
+    Place it after ``ModelCheckpoint`` (writing to :data:`BEST_PENDING`) and the callbacks in
+    ``carried`` (their counters are reset by their own ``on_train_begin`` and saved after their
+    ``on_epoch_end``), and before the metric logger. Every file is replaced atomically, weights
+    first and the state last, so a kill at any point leaves a checkpoint that resumes at most one
+    epoch back."""
     from keras.callbacks import BackupAndRestore
 
     class RunBackup(BackupAndRestore):
@@ -79,17 +95,34 @@ def run_backup(folder: Path, phase: str, state: State, carried: list):
             super().__init__(str(folder / phase), delete_checkpoint=False)
 
         def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)  # weights, optimizer state and the epoch to start at
+            self.model._initial_epoch = None  # Keras leaves an earlier phase's restored epoch on the model
+            try:
+                super().on_train_begin(logs)  # this phase's weights and optimizer state, if backed up
+            except (OSError, ValueError) as exc:
+                raise UserError(f"the checkpoint in {folder / phase} cannot be read ({exc}); train the run again") from None
+            if phase in state.reached:
+                self.model._initial_epoch = state.reached[phase]
             for cb in carried:
-                for attr, value in state.callbacks.get(type(cb).__name__, {}).items():
+                for attr, value in state.callbacks.get(phase, {}).get(type(cb).__name__, {}).items():
                     setattr(cb, attr, value)
 
+        def _save_model(self):
+            Path(self.backup_dir).mkdir(parents=True, exist_ok=True)
+            tmp = f"{self._weights_path}.tmp.weights.h5"
+            self.model.save_weights(tmp, overwrite=True)
+            os.replace(tmp, self._weights_path)
+
         def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)  # the weights, first
+            if (folder / BEST_PENDING).exists():
+                os.replace(folder / BEST_PENDING, folder / BEST)
             state.epochs[epoch] = {k: float(v) for k, v in (logs or {}).items()}
-            state.callbacks = {type(cb).__name__: {a: _plain(getattr(cb, a)) for a in CARRIED if hasattr(cb, a)}
-                               for cb in carried}
-            super().on_epoch_end(epoch, logs)  # Keras' backup first, then the state that matches it
-            state.save(folder)
+            state.callbacks[phase] = {type(cb).__name__: {a: _plain(getattr(cb, a)) for a in CARRIED if hasattr(cb, a)}
+                                      for cb in carried}
+            state.reached[phase] = epoch + 1
+            if self.model.stop_training:  # early stopping has decided: a resume does not train on
+                state.phases_done[phase] = epoch + 1
+            state.save(folder)  # then the state that matches them
 
     return RunBackup()
 

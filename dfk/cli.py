@@ -5,6 +5,7 @@ Every error a user can cause ends in one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -212,7 +213,11 @@ def train(
             typer.echo(f"dfk: resuming run {resume} with its own parameters; ignoring {', '.join(ignored)}", err=True)
     else:
         cfg = TrainConfig.from_overrides(overrides, arch=arch, data_dir=data_dir)
-    result = run_training(cfg, experiment=experiment, resume_run_id=resume)
+    entry = os.environ.get("MLFLOW_RUN_ID") if resume else None  # mlflow run's own run, left open beside it
+    from dfk.liveness import Heartbeat
+
+    with Heartbeat(entry) if entry else contextlib.nullcontext():
+        result = run_training(cfg, experiment=experiment, resume_run_id=resume)
     import mlflow
 
     uri = mlflow.get_tracking_uri()

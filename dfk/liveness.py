@@ -41,10 +41,12 @@ def _read(path: str) -> str:
 
 
 def _start_ticks(pid: int) -> str:
-    """When process ``pid`` started (clock ticks since boot, Linux), '' where unknown. Together with
-    the pid it names one process: a pid reused after the process died has another start time."""
-    stat = _read(f"/proc/{pid}/stat")
-    return stat.rsplit(")", 1)[-1].split()[19] if stat else ""
+    """When process ``pid`` started (clock ticks since boot, Linux), '' when there is no such live
+    process (a zombie, dead but not yet reaped by its parent, counts as none) or where unknown.
+    Together with the pid it names one process: a pid reused after the process died has another
+    start time."""
+    fields = _read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 and fields[0] not in ("Z", "X") else ""
 
 
 def _namespace() -> str:
@@ -70,20 +72,14 @@ class Beat:
         return f"{HEARTBEAT_PREFIX}{self.host}/{self.pid}"
 
     def gone(self, now: float | None = None) -> bool:
-        """Whether the process that wrote this beat can no longer be working on the run."""
+        """Whether the process that wrote this beat can no longer be working on the run: on this
+        machine since its boot and in this pid namespace, whether that pid still names the process
+        that started then; anywhere else, whether it has been silent for ``stale_run_after``."""
         here = this_process()
-        if (self.host, self.boot, self.ns) == (here.host, here.boot, here.ns) and self.boot:
-            if self.pid == here.pid:
+        if self.boot and self.ns and (self.host, self.boot, self.ns) == (here.host, here.boot, here.ns):
+            if not self.start:  # no /proc to tell by
                 return False
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:  # another user's live process
-                pass
-            return bool(self.start) and _start_ticks(self.pid) != self.start
-        if self.host == here.host and self.boot and here.boot and self.boot != here.boot:
-            return True  # this machine rebooted since
+            return _start_ticks(self.pid) != self.start
         return (now or time.time()) - self.at > SETTINGS.stale_run_after
 
 
@@ -160,8 +156,10 @@ def end_orphaned_runs(experiment_ids: list[str] | None = None) -> list[tuple[obj
     running = mlflow.search_runs(filter_string="attributes.status = 'RUNNING'", output_format="list", **scope)
     ended = []
     for run in running:
-        found = orphaned(run)
-        if found is None:
+        if orphaned(run) is None:
+            continue
+        run = client.get_run(run.info.run_id)  # as it is now: a process may have taken it up (a resume)
+        if run.info.status != "RUNNING" or (found := orphaned(run)) is None:
             continue
         last = max(found, key=lambda b: b.at)
         why = f"process {last.pid} on {last.host} is gone (last heartbeat {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last.at))})"

@@ -198,19 +198,22 @@ LOCK_WAIT = 120
 def promotion_lock(client, name: str, wait: float = LOCK_WAIT):
     """Hold the promotion lock of ``name``: a registered model ``<name>.promotion-lock`` that only one
     process can create (the store's unique name is the atomic step, on SQLite, PostgreSQL or a
-    server alike). A lock whose holder is gone (:mod:`dfk.liveness`) is broken."""
+    server alike), tagged with its holder and a token. A lock whose holder is gone
+    (:mod:`dfk.liveness`) is broken by whoever first creates ``<lock>.broken-<token>``, so two
+    waiters never both break it; a holder releases only a lock that still bears its token."""
+    import uuid
     from dataclasses import asdict
 
     from mlflow.exceptions import MlflowException
 
     from dfk.liveness import Beat, this_process
 
-    lock = f"{name}{LOCK_SUFFIX}"
+    lock, token = f"{name}{LOCK_SUFFIX}", uuid.uuid4().hex
     deadline = time.time() + wait
     delay = 0.05
     while True:
         try:
-            client.create_registered_model(lock, tags={"holder": json.dumps(asdict(this_process()))},
+            client.create_registered_model(lock, tags={"holder": json.dumps(asdict(this_process())), "token": token},
                                            description=f"held by dfk promote while it moves the aliases of {name}")
             break
         except MlflowException as exc:
@@ -218,12 +221,13 @@ def promotion_lock(client, name: str, wait: float = LOCK_WAIT):
                 continue  # SQLite: taken, then released before the store could say by whom
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
+        held = _tags(client, lock)
         try:
-            holder = Beat(**json.loads(client.get_registered_model(lock).tags.get("holder", "")))
-        except (MlflowException, TypeError, ValueError):
+            holder = Beat(**json.loads(held.get("holder", "")))
+        except (TypeError, ValueError):
             holder = None  # released (or being written) meanwhile
         if holder is not None and holder.gone():
-            _drop(client, lock)  # its process died holding it
+            _break(client, lock, held.get("token", ""))
             continue
         if time.time() > deadline:
             raise UserError(f"another promote of {name!r} holds {lock!r}; try again (or delete that registered "
@@ -233,7 +237,33 @@ def promotion_lock(client, name: str, wait: float = LOCK_WAIT):
     try:
         yield
     finally:
-        _drop(client, lock)
+        if _tags(client, lock).get("token") == token:
+            _drop(client, lock)
+
+
+def _tags(client, lock: str) -> dict[str, str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(lock).tags
+    except MlflowException:
+        return {}
+
+
+def _break(client, lock: str, dead_token: str) -> None:
+    """Delete a dead holder's lock, once: only the process that creates the marker does it."""
+    from mlflow.exceptions import MlflowException
+
+    marker = f"{lock}.broken-{dead_token}"
+    try:
+        client.create_registered_model(marker)
+    except MlflowException:
+        return  # another process is breaking it
+    try:
+        if _tags(client, lock).get("token") == dead_token:
+            _drop(client, lock)
+    finally:
+        _drop(client, marker)
 
 
 def _drop(client, lock: str) -> None:

@@ -10,12 +10,12 @@ row: ``probability_fake`` and ``label`` (``fake``/``real``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import binascii
 import json
 import os
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 
@@ -151,13 +151,30 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
 SAFE_LOADING = {"MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
 
 
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """``values`` in the environment for the block, each key put back as it was after. (unittest's
+    ``patch.dict`` restores by clearing the whole environment first, which a heartbeat thread
+    reading the tracking URI at that moment would see.)"""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def load_detector(model_uri: str) -> DeepfakeDetector:
     """Load a logged or registered dfk model (``runs:/``, ``models:/name@alias`` or a local path)
     with pickle deserialization off and Keras' safe mode on."""
     from dfk.errors import UserError
 
     try:
-        with mock.patch.dict(os.environ, SAFE_LOADING):
+        with _environment(SAFE_LOADING):
             loaded = mlflow.pyfunc.load_model(model_uri)
     except Exception as exc:  # MlflowException, OSError, ... : all mean "no such model"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -28,6 +28,8 @@ def _local_store(tracking_uri: str | None = None) -> Path | None:
     scheme = urlparse(uri).scheme
     if scheme == "sqlite" and uri.startswith("sqlite:///") and ":memory:" not in uri:
         return Path(unquote(uri[len("sqlite:///"):])).resolve()
+    if uri in ("databricks", "databricks-uc"):  # MLflow's names for a workspace, not folders
+        return None
     if scheme in ("", "file"):
         return Path(unquote(urlparse(uri).path if scheme else uri)).expanduser().resolve()
     return None
@@ -172,6 +174,7 @@ def run(run_name: str, tags: Mapping[str, str] | None = None, run_id: str | None
     from dfk.liveness import Heartbeat
 
     if run_id:
+        Heartbeat(run_id).beat()  # before the run is RUNNING again, so no one takes it for orphaned
         active = mlflow.start_run(run_id=run_id)
     else:
         active = mlflow.start_run(run_name=run_name if not os.environ.get("MLFLOW_RUN_ID") else None,

@@ -52,17 +52,22 @@ def compile_model(model, learning_rate: float) -> None:
     )
 
 
-def _epoch_logger():
-    """Each epoch's Keras logs as MLflow metrics at step = epoch index, written before the next
-    epoch starts (MLflow's own Keras callback queues them, and a killed process loses the queue)."""
-    import keras
+def log_epoch(epoch: int, logs) -> None:
+    """One epoch's Keras logs as MLflow metrics at step = epoch index, written before returning."""
     import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in logs.items() if k != "learning_rate"}, step=epoch, synchronous=True)
+
+
+def _epoch_logger():
+    """Each epoch's logs to MLflow as it ends (MLflow's own Keras callback queues them, and a killed
+    process loses the queue)."""
+    import keras
 
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if logs:
-                mlflow.log_metrics({k: float(v) for k, v in logs.items() if k != "learning_rate"}, step=epoch,
-                                   synchronous=True)
+                log_epoch(epoch, logs)
 
     return EpochLogger()
 
@@ -168,8 +173,7 @@ def _log_missing_epochs(run_id: str, state) -> int:
     logged = {m.step for m in client.get_metric_history(run_id, "loss")}
     missing = [e for e in sorted(state.epochs) if e not in logged]
     for epoch in missing:
-        mlflow.log_metrics({k: v for k, v in state.epochs[epoch].items() if k != "learning_rate"}, step=epoch,
-                           synchronous=True)
+        log_epoch(epoch, state.epochs[epoch])
     return len(missing)
 
 
@@ -229,7 +233,7 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
         train_ds = make_dataset(index.paths("train"), index.labels("train"), training=True, cfg=cfg, seed=cfg.seed, **common)
         val_ds = make_dataset(index.paths("validation"), index.labels("validation"), **common)
 
-        best_path = (folder or tmp) / "best.weights.h5"
+        best_path = (folder or tmp) / checkpoints.BEST  # written through BEST_PENDING when checkpointing
         history: dict[str, list[float]] = state.history()
 
         def best_val_loss() -> float:
@@ -242,13 +246,13 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
                 compile_model(model, lr)
             best = best_val_loss()
             checkpoint = keras.callbacks.ModelCheckpoint(
-                str(best_path), monitor="val_loss", save_best_only=True, save_weights_only=True,
+                str(folder / checkpoints.BEST_PENDING if folder else best_path), monitor="val_loss", save_best_only=True, save_weights_only=True,
                 initial_value_threshold=best if math.isfinite(best) else None,
             )
             schedule = schedule_callbacks(cfg)
             backup = [checkpoints.run_backup(folder, phase, state, schedule)] if folder else []
             end = state.phases_done.get(phase, first_epoch + epochs)
-            start = max([first_epoch, *(e + 1 for e in state.epochs if e >= first_epoch)])  # after a resume
+            start = state.next_epoch(first_epoch)  # after a resume, past the epochs done
             print(f"[dfk] {phase}: epochs {start + 1}-{end}, learning rate {lr:g}", flush=True)
             h = model.fit(
                 train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=end,
@@ -259,19 +263,19 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
                 history.setdefault(k, []).extend(float(x) for x in v)
             if any(not math.isfinite(v) for v in history.get("loss", [])):
                 raise UserError(f"training diverged (NaN loss) in {phase}; lower learning_rate (now {lr:g})")
-            if phase in state.phases_done:
-                return end
             if not folder:
                 return first_epoch + len(h.history.get("loss", []))
-            ended = max((e + 1 for e in state.epochs if e >= first_epoch), default=first_epoch)  # resumed epochs too
-            checkpoints.end_phase(folder, state, phase, ended)
-            return ended
+            if phase not in state.phases_done:  # (early stopping records its own end)
+                checkpoints.end_phase(folder, state, phase, state.next_epoch(first_epoch))
+            return state.phases_done[phase]
 
         started = time.time()
         if backbone is not None and pretrained:
             backbone.trainable = False  # phase 1: the notebook's frozen backbone, head only
         first_phase_end = fit(cfg.learning_rate, 0, cfg.epochs, "phase 1" if pretrained and backbone is not None else "training")
         if backbone is not None and pretrained and cfg.fine_tune_at > 0:
+            if best_path.exists():  # fine-tune from the best head, however phase 1 ended or was resumed
+                model.load_weights(str(best_path))
             _unfreeze_last(backbone, cfg.fine_tune_at)
             fit(cfg.fine_tune_lr, first_phase_end, cfg.fine_tune_epochs, f"phase 2 (last {cfg.fine_tune_at} layers)")
         elapsed = time.time() - started

@@ -256,5 +256,5 @@ def test_a_lock_left_by_a_dead_promote_is_broken(monkeypatch):
     client = _fake_versions(monkeypatch, {"1": 0.8, "2": 0.9})
     client.set_registered_model_alias("m", "champion", "1")
     dead = replace(this_process(), pid=2**22 + 7)
-    client.create_registered_model(f"m{LOCK_SUFFIX}", tags={"holder": _json.dumps(asdict(dead))})
+    client.create_registered_model(f"m{LOCK_SUFFIX}", tags={"holder": _json.dumps(asdict(dead)), "token": "t"})
     assert promote("m", version="2").promoted

@@ -123,7 +123,7 @@ def test_resume_restores_the_optimizer_the_schedule_and_the_curves(tiny_data):
     (run,) = mlflow.search_runs(experiment_names=["dfk"], output_format="list")
     assert run.info.status == "KILLED"
     state = json.loads((checkpoint_dir(run.info.run_id) / STATE_FILE).read_text())
-    assert sorted(map(int, state["epochs"])) == [0, 1, 2] and "EarlyStopping" in state["callbacks"]
+    assert sorted(map(int, state["epochs"])) == [0, 1, 2] and "EarlyStopping" in state["callbacks"]["training"]
 
     _, logged_cfg, _ = resumable(run.info.run_id)
     assert logged_cfg == cfg.replace(mixed_precision="off")  # as resolved on this CPU
@@ -200,3 +200,48 @@ def test_mlflow_run_resumes_a_killed_run(tiny_data, tmp_path):
     assert runs[run_id].info.status == "FINISHED" and entry.info.status == "FINISHED"
     assert entry.data.tags["dfk.resumed_run_id"] == run_id
     assert [m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")] == list(range(4))
+
+
+@pytest.mark.slow
+def test_a_two_phase_run_stopped_in_fine_tuning_resumes_in_fine_tuning(tiny_data, tmp_path):
+    """Pretrained backbone: phase 1 (head) ends, phase 2 (fine-tuning) is stopped after its first
+    epoch; the resume skips phase 1, continues phase 2 at its second epoch with phase 2's own
+    counters, and the curves have one point per epoch of both phases."""
+    import keras
+
+    from dfk.checkpoints import STATE_FILE, checkpoint_dir
+    from dfk.config import TrainConfig
+    from dfk.training import train
+
+    donor = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    path = tmp_path / "efficientnetb0_notop.weights.h5"
+    donor.save_weights(path)
+    cfg = TrainConfig.from_overrides(dict(arch="efficientnet", data_dir=str(tiny_data), image_size=32, batch_size=8,
+                                          epochs=2, patience=1, warmup_epochs=0, weights=str(path), fine_tune_at=5,
+                                          fine_tune_epochs=3, gradcam_images=0))
+
+    class StopInPhase2(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    class Probe(keras.callbacks.Callback):
+        starts: list = []
+
+        def on_train_begin(self, logs=None):
+            Probe.starts.append(self.model._initial_epoch)
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[StopInPhase2()])
+    (run,) = mlflow.search_runs(experiment_names=["dfk"], output_format="list")
+    state = json.loads((checkpoint_dir(run.info.run_id) / STATE_FILE).read_text())
+    phase1, phase2 = "phase 1", "phase 2 (last 5 layers)"
+    assert set(state["phases_done"]) == {phase1} and state["reached"][phase2] == 3
+    assert set(state["callbacks"]) == {phase1, phase2}  # each phase's counters apart
+    result = train(cfg.replace(mixed_precision="off"), callbacks=[Probe()], resume_run_id=run.info.run_id)
+    ended = state["phases_done"][phase1]
+    assert Probe.starts == [ended, 3]  # phase 1 runs no epoch, phase 2 goes on at its second
+    client = mlflow.MlflowClient()
+    steps = [m.step for m in client.get_metric_history(result.run_id, "val_loss")]
+    assert steps == list(range(len(steps))) and len(steps) == len(result.history["loss"]) <= ended + 3
+    assert mlflow.get_run(result.run_id).info.status == "FINISHED"
