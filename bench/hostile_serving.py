@@ -30,28 +30,19 @@ def _pct(xs, q):
 
 
 def main() -> None:
-    import mlflow
 
     from bench.hostile import corpus, decode_peaks
-    from bench.localserver import free_port, request, running, tree_peak_mib, venv_tool
+    from bench.localserver import free_port, registered_cnn, request, running, tree_peak_mib, venv_tool
     from bench.report import write_section
-    from dfk.config import TrainConfig
     from dfk.data.decode import DECODE_MEMORY, MAX_DECODED_BYTES
-    from dfk.data.synth import SynthSpec, generate
-    from dfk.registry import register_best
     from dfk.settings import SETTINGS
-    from dfk.training import train
 
     peaks = decode_peaks(256)
     files = corpus()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         uri = f"sqlite:///{tmp}/mlflow.db"
-        mlflow.set_tracking_uri(uri)
-        data = generate(SynthSpec(train=8, validation=4, test=4, image_size=64), tmp / "d")
-        train(TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(data), image_size=64, epochs=1,
-                                              weights="none", gradcam_images=0)), experiment="bench")
-        register_best("bench")
+        data = registered_cnn(tmp, 64, 8)
         image = sorted((data / "Test").rglob("*.jpg"))[0].read_bytes()
         env = dict(os.environ, MLFLOW_TRACKING_URI=uri)
 

@@ -116,3 +116,22 @@ def tree_peak_mib(pid: int) -> float:
             pass
     return total / 1024
 
+
+
+def registered_cnn(folder: Path, image_size: int, per_class: int) -> Path:
+    """A one-epoch cnn on a built-in set of ``per_class`` training images per class at ``image_size``,
+    trained into ``folder``'s own store and registered (so it is the champion); the data folder."""
+    import mlflow
+
+    from dfk.config import TrainConfig
+    from dfk.data.synth import SynthSpec, generate
+    from dfk.registry import register_best
+    from dfk.training import train
+
+    mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+    data = generate(SynthSpec(train=per_class, validation=per_class // 2, test=per_class // 2, image_size=image_size),
+                    folder / "d")
+    train(TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(data), image_size=image_size, epochs=1,
+                                          weights="none", gradcam_images=0)), experiment="bench")
+    register_best("bench")
+    return data

@@ -42,20 +42,12 @@ def main() -> None:
     import pandas as pd
 
     from bench.report import write_section
-    from dfk.config import TrainConfig
-    from dfk.data.synth import SynthSpec, generate
-    from dfk.registry import register_best
-    from dfk.training import train
-    from bench.localserver import free_port, request, running, venv_tool
+    from bench.localserver import free_port, registered_cnn, request, running, venv_tool
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         uri = f"sqlite:///{tmp}/mlflow.db"
-        mlflow.set_tracking_uri(uri)
-        data = generate(SynthSpec(train=16, validation=8, test=8, image_size=128), tmp / "d")
-        train(TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(data), image_size=128, epochs=1,
-                                              weights="none", gradcam_images=0)), experiment="bench")
-        register_best("bench")
+        data = registered_cnn(tmp, 128, 16)
         images = [p.read_bytes() for p in sorted((data / "Test").rglob("*.jpg"))][:32]
         model = mlflow.pyfunc.load_model(SETTINGS.champion_uri)
         one, batch = pd.DataFrame({"image": images[:1]}), pd.DataFrame({"image": images})
