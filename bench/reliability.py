@@ -170,7 +170,8 @@ def main() -> None:
              "until every run of the store is KILLED (the process handles the signal, or `mlflow run`'s command sees its "
              "launcher gone):", "", "| launcher, signal | seconds | runs end |", "| --- | --- | --- |"]
     lines += [f"| {what} | {seconds:.1f} | {status} |" for what, seconds, status in latency]
-    lines += ["", f"Three SIGKILLed trainings leave {before} runs RUNNING; after the next `dfk compare`: **{after}**.", "",
+    lines += ["", f"Three trainings SIGKILLed one after another (each next `dfk train` already ends the one before "
+                  f"KILLED as it starts): {before} run RUNNING before the next `dfk compare`, **{after}** after it.", "",
               f"Resume: `{resume['arch']}` on the built-in set for {resume['epochs']} epochs, SIGKILLed after "
               f"{resume['logged_before_kill']} logged epochs and resumed with `dfk train --resume`: epochs redone "
               f"**{resume['epochs_redone']}**, {resume['points_per_curve']} points per curve, run "
