@@ -47,24 +47,19 @@ def _everywhere(
         return
     if tracking_uri and (why := unreachable_server(tracking_uri)):
         _fail(why)
-    _open_store(ctx.invoked_subcommand in RECORDING_COMMANDS)
+    _open_store()
 
 
-#: Commands that record runs, and so create the tracking store if it is not there yet.
-RECORDING_COMMANDS = ("train", "tune", "main", "evaluate")
-
-
-def _open_store(create: bool) -> None:
-    """Before a command: make the store's tables (one process at a time, :func:`dfk.tracking.ready_store`)
-    and end KILLED the runs a killed process left RUNNING (:mod:`dfk.liveness`), saying so. A store
-    that does not exist yet is created only for a command that records runs; one that fails is the
-    command's to report."""
+def _open_store() -> None:
+    """Before a command: end KILLED the runs a killed process left RUNNING (:mod:`dfk.liveness`), and
+    say so. A store that does not exist yet is left for the command to create (or not); one that
+    fails is the command's to report."""
     import logging
 
     from dfk.tracking import ready_store, store_exists
 
     try:
-        if not (create or store_exists()):
+        if not store_exists():
             return
         ready_store()
         from dfk.liveness import end_orphaned_runs

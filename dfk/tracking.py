@@ -65,7 +65,7 @@ def ready_store(tracking_uri: str | None = None) -> None:
     database (``.mlflow.db.lock``) makes the others wait; afterwards it costs one ``flock``."""
     uri = tracking_uri or mlflow.get_tracking_uri()
     local = _local_store(uri)
-    if local is None or not uri.startswith("sqlite:"):
+    if local is None or not uri.startswith("sqlite:") or uri in _READY:
         return
     try:
         import fcntl
@@ -76,6 +76,11 @@ def ready_store(tracking_uri: str | None = None) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         mlflow.search_experiments(max_results=1)  # the tracking store's tables
         mlflow.MlflowClient().search_registered_models(max_results=1)  # the registry's (same file)
+    _READY.add(uri)
+
+
+#: Stores :func:`ready_store` has readied in this process.
+_READY: set[str] = set()
 
 
 def set_experiment(name: str):
@@ -85,6 +90,7 @@ def set_experiment(name: str):
     store keeps artifacts inside itself already, and a server decides for itself."""
     import re
 
+    ready_store()  # the first process on a fresh store creates its tables; the others wait for it
     uri = mlflow.get_tracking_uri()
     if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(name) is None and (folder := store_folder(uri)):
         try:
@@ -135,6 +141,7 @@ def parent_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> Itera
 
 def open_parent_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> tuple[str, str]:
     """Start :func:`parent_run`'s run without ending it: ``(run_id, experiment name)``."""
+    ready_store()
     client = mlflow.MlflowClient()
     tags = {**standard_tags(), **tags}
     run_id = take_entry_run()

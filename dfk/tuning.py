@@ -561,6 +561,7 @@ def tune(spec: SweepSpec) -> SweepResult:
     spec.storage = spec.storage or default_storage(spec.tracking_uri)
     index = DataSpec.of_config(spec.base).open()  # a bad data folder fails here, before any run exists
     study, created = _create_or_load(spec)  # a bad storage URL fails here too
+    tracking.ready_store(spec.tracking_uri)  # a joiner reads the store first
     session = join_or_start(spec, study, created)
     spec.experiment = session.experiment
     # A sweep in one process samples from the run's seed (repeatable); where several processes work
