@@ -141,7 +141,12 @@ def end_phase(folder: Path, state: State, phase: str, epochs: int) -> None:
 
 
 def discard(run_id: str) -> None:
-    shutil.rmtree(checkpoint_dir(run_id), ignore_errors=True)
+    folder = checkpoint_dir(run_id)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()  # the last one: no empty checkpoints/ left beside the store
+    except OSError:
+        pass
 
 
 def resumable(run_id: str):
