@@ -203,8 +203,11 @@ def train(
         from dfk.checkpoints import resumable
 
         _, cfg, _ = resumable(resume)
-        given = TrainConfig.from_overrides(overrides, arch=arch, data_dir=data_dir).to_dict() if overrides or arch or data_dir else {}
-        if ignored := sorted(k for k, v in given.items() if k in {*overrides, "arch", "data_dir"} and v != getattr(cfg, k)):
+        asked = {**overrides, **{k: v for k, v in (("arch", arch), ("data_dir", data_dir)) if v}}
+        given = TrainConfig.from_overrides(asked).to_dict() if asked else {}
+        default = TrainConfig.from_overrides({"arch": given.get("arch", cfg.arch)}).to_dict()
+        # what differs from the run and from the default (mlflow run passes every default explicitly)
+        if ignored := sorted(k for k, v in given.items() if k in asked and v != getattr(cfg, k) and v != default[k]):
             typer.echo(f"dfk: resuming run {resume} with its own parameters; ignoring {', '.join(ignored)}", err=True)
     else:
         cfg = TrainConfig.from_overrides(overrides, arch=arch, data_dir=data_dir)
