@@ -64,10 +64,10 @@ def probe(out: str, stop: str, every: float = 0.02) -> None:
 def storm(folder: Path, data: Path, trainers: int = 4, workers: int = 2, n_trials: int = 4,
           params: tuple[str, ...] = ()) -> Storm:
     """Start everything at once on ``folder``'s fresh store and wait for all of it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")}
-    env.update(MLFLOW_TRACKING_URI=f"sqlite:///{folder}/mlflow.db", TF_CPP_MIN_LOG_LEVEL="3",
-               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    overrides = [w for p in params for w in ("-P", p)]
+    from bench.reliability import env as store_env, pairs
+
+    env = store_env(folder)
+    overrides = pairs(params)
     commands = [[str(BIN / "dfk"), "train", "--arch", "cnn", "-d", str(data), "--experiment", "storm",
                  "-P", f"seed={i}", *overrides] for i in range(trainers)]
     commands.append([str(BIN / "dfk"), "tune", "--arch", "cnn", "-d", str(data), "--experiment", "storm-tune",

@@ -214,6 +214,10 @@ def train(
     entry = os.environ.get("MLFLOW_RUN_ID") if resume else None  # mlflow run's own run, left open beside it
     from dfk.liveness import Heartbeat
 
+    if entry:
+        import mlflow
+
+        mlflow.MlflowClient().set_tag(entry, "dfk.resumed_run_id", resume)  # it points at the run it goes on with
     with Heartbeat(entry) if entry else contextlib.nullcontext():
         result = run_training(cfg, experiment=experiment, resume_run_id=resume)
     import mlflow

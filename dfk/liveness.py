@@ -40,12 +40,17 @@ def _read(path: str) -> str:
         return ""
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state, ppid, ...); [] where none."""
+    return _read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
+
+
 def _start_ticks(pid: int) -> str:
     """When process ``pid`` started (clock ticks since boot, Linux), '' when there is no such live
     process (a zombie, dead but not yet reaped by its parent, counts as none) or where unknown.
     Together with the pid it names one process: a pid reused after the process died has another
     start time."""
-    fields = _read(f"/proc/{pid}/stat").rsplit(")", 1)[-1].split()
+    fields = _stat(pid)
     return fields[19] if len(fields) > 19 and fields[0] not in ("Z", "X") else ""
 
 
@@ -178,10 +183,10 @@ def _launcher() -> tuple[int, str] | None:
     None where /proc cannot tell."""
     pid = os.getppid()
     while _read(f"/proc/{pid}/comm") in SHELLS:
-        stat = _read(f"/proc/{pid}/stat")
-        if not stat:
+        fields = _stat(pid)
+        if len(fields) < 2:
             return None
-        pid = int(stat.rsplit(")", 1)[-1].split()[1])
+        pid = int(fields[1])
     start = _start_ticks(pid)
     return (pid, start) if start and pid > 1 else None
 

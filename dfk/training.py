@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -217,8 +216,6 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
             redone = _log_missing_epochs(resume_run_id, state)
             print(f"[dfk] resuming run {resume_run_id} after epoch {len(state.epochs)}"
                   + (f" ({redone} epoch(s) logged from the checkpoint)" if redone else ""), flush=True)
-            if entry := os.environ.get("MLFLOW_RUN_ID"):  # mlflow run's own run for this command points here
-                mlflow.MlflowClient().set_tag(entry, "dfk.resumed_run_id", resume_run_id)
             mlflow.set_tag("dfk.resumed", str(int(active.data.tags.get("dfk.resumed", "0")) + 1))
         else:
             mlflow.set_tags(tags)
@@ -246,8 +243,8 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
                 compile_model(model, lr)
             best = best_val_loss()
             checkpoint = keras.callbacks.ModelCheckpoint(
-                str(folder / checkpoints.BEST_PENDING if folder else best_path), monitor="val_loss", save_best_only=True, save_weights_only=True,
-                initial_value_threshold=best if math.isfinite(best) else None,
+                str(folder / checkpoints.BEST_PENDING if folder else best_path), monitor="val_loss",
+                save_best_only=True, save_weights_only=True, initial_value_threshold=best if math.isfinite(best) else None,
             )
             schedule = schedule_callbacks(cfg)
             backup = [checkpoints.run_backup(folder, phase, state, schedule)] if folder else []
