@@ -6,6 +6,7 @@ points and the Optuna tuner all call it. Nothing here names an architecture.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -69,6 +70,45 @@ def _epoch_logger():
                 log_epoch(epoch, logs)
 
     return EpochLogger()
+
+
+@contextlib.contextmanager
+def interrupts_at_batch_end():
+    """During ``fit``, Ctrl-C and SIGTERM stop training at the end of the current batch.
+
+    Raised wherever the main thread happens to be, the interrupt can land inside TensorFlow's input
+    pipeline (it runs dfk's Python decoder) and leave the iterator waiting forever; here the signal
+    only sets a flag and the yielded Keras callback raises ``KeyboardInterrupt`` between batches. A
+    second signal raises at once. Outside the main thread (no signals there) nothing changes."""
+    import signal
+
+    import keras
+
+    asked: list[int] = []
+
+    def handler(signum, frame):
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+
+    class StopWhenAsked(keras.callbacks.Callback):
+        def _check(self, *args, **kwargs):
+            if asked:
+                raise KeyboardInterrupt
+
+        on_train_batch_end = on_test_batch_end = on_epoch_end = _check
+
+    try:
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread
+        previous = {}
+    try:
+        yield StopWhenAsked()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if asked:
+        raise KeyboardInterrupt  # a signal during fit's last steps, after the last check
 
 
 def schedule_callbacks(cfg: TrainConfig) -> list:
@@ -251,11 +291,13 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
             end = state.phases_done.get(phase, first_epoch + epochs)
             start = state.next_epoch(first_epoch)  # after a resume, past the epochs done
             print(f"[dfk] {phase}: epochs {start + 1}-{end}, learning rate {lr:g}", flush=True)
-            h = model.fit(
-                train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=end,
-                callbacks=[checkpoint, *schedule, keras.callbacks.TerminateOnNaN(), *backup, _epoch_logger(), *callbacks],
-                verbose=2, shuffle=False,  # the tf.data stream shuffles itself every epoch
-            )
+            with interrupts_at_batch_end() as stop:
+                h = model.fit(
+                    train_ds, validation_data=val_ds, initial_epoch=first_epoch, epochs=end,
+                    callbacks=[checkpoint, *schedule, keras.callbacks.TerminateOnNaN(), *backup, _epoch_logger(),
+                               *callbacks, stop],
+                    verbose=2, shuffle=False,  # the tf.data stream shuffles itself every epoch
+                )
             for k, v in h.history.items():
                 history.setdefault(k, []).extend(float(x) for x in v)
             if any(not math.isfinite(v) for v in history.get("loss", [])):
