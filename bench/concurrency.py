@@ -43,7 +43,7 @@ def probe(out: str, stop: str, every: float = 0.02) -> None:
     """Log one metric every ``every`` s to a run of its own until ``stop`` exists; write the latencies."""
     import mlflow
 
-    from dfk.tracking import ready_store
+    from dfk.runs.tracking import ready_store
 
     ready_store()  # as every dfk command does first
     client = mlflow.MlflowClient()

@@ -37,7 +37,7 @@ def score(model, folder: Path, image_size: int) -> float:
 
     from dfk.data.pipeline import DecodeFailures, make_dataset
     from dfk.data.scan import scan
-    from dfk.training import predict_split
+    from dfk.training.trainer import predict_split
 
     index = scan(folder)
     ds = make_dataset(index.paths("test"), index.labels("test"), image_size=image_size, batch_size=64,
@@ -66,7 +66,7 @@ def main() -> None:
 
     from dfk.config import TrainConfig
     from dfk.data.synth import MANIPULATIONS, SynthSpec, builtin_dataset, generate
-    from dfk.training import train
+    from dfk.training.trainer import train
 
     base = SynthSpec()
     archs = args.archs.split(",")

@@ -1,7 +1,7 @@
 """Cost of batched Grad-CAM against one forward+backward pass of the same model and batch.
 
 For each model, one process times (median of repeats, after a warm-up):
-  gradcam   dfk.explain.gradcam on a batch (heatmaps resized to the image, normalised)
+  gradcam   dfk.explain.gradcam.gradcam on a batch (heatmaps resized to the image, normalised)
   fwd+bwd   one forward pass and the gradient of the summed output w.r.t. the weights
   loop      Grad-CAM one image at a time, for contrast with batching
 and reports gradcam / fwd+bwd (goal <= 1.5).
@@ -33,7 +33,7 @@ def measure(arch: str, size: int, batch: int, repeats: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from dfk.explain import gradcam, gradient_function
+    from dfk.explain.gradcam import gradcam, gradient_function
     from dfk.models import create_model
 
     model, _ = create_model(arch, size, weights="none")

@@ -125,8 +125,8 @@ def registered_cnn(folder: Path, image_size: int, per_class: int) -> Path:
 
     from dfk.config import TrainConfig
     from dfk.data.synth import SynthSpec, generate
-    from dfk.registry import register_best
-    from dfk.training import train
+    from dfk.registry.promotion import register_best
+    from dfk.training.trainer import train
 
     mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
     data = generate(SynthSpec(train=per_class, validation=per_class // 2, test=per_class // 2, image_size=image_size),

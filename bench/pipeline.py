@@ -42,7 +42,7 @@ def throughput(arch: str, size: int, root: Path, steps: int, batch: int = 32) ->
     from dfk.data.pipeline import DecodeFailures, make_dataset
     from dfk.data.scan import scan
     from dfk.models import create_model
-    from dfk.training import compile_model
+    from dfk.training.trainer import compile_model
 
     index = scan(root)
     paths, labels = index.paths("train"), index.labels("train")
@@ -72,7 +72,7 @@ def peak_rss_child(root: str, size: int) -> None:
     from dfk.data.pipeline import DecodeFailures, make_dataset
     from dfk.data.scan import scan
     from dfk.models import create_model
-    from dfk.training import compile_model
+    from dfk.training.trainer import compile_model
 
     index = scan(root)
     cfg = TrainConfig(image_size=size, batch_size=32)

@@ -50,7 +50,9 @@ def sweep(tracking_uri: str, storage: str, workers: int, trials: int, base, name
     """Wall time of one sweep of ``trials`` trials; trials per hour."""
     import mlflow
 
-    from dfk.tuning import SweepSpec, tune
+    from dfk.tuning.study import SweepSpec
+
+    from dfk.tuning.sweep import tune
 
     mlflow.set_tracking_uri(tracking_uri)
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # the worker processes

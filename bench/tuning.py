@@ -35,7 +35,9 @@ def main() -> None:
     from bench.report import write_section
     from dfk.config import TrainConfig
     from dfk.data.synth import SynthSpec, builtin_dataset
-    from dfk.tuning import PRUNERS, SweepSpec, make_pruner, tune
+    from dfk.tuning.space import PRUNERS
+    from dfk.tuning.study import SweepSpec, make_pruner
+    from dfk.tuning.sweep import tune
 
     pruners = args.pruners.split(",")
     rows, trials = {}, {}
@@ -132,8 +134,8 @@ def _summary(trials: list) -> tuple[int, float, dict[str, int], float]:
 
 
 def _label(pruner: str, epochs: int) -> str:
-    """How the tables name a pruner: its name and the arguments dfk.tuning gives it."""
-    from dfk.tuning import SweepSpec, describe_pruner
+    """How the tables name a pruner: its name and the arguments dfk.tuning.sweep gives it."""
+    from dfk.tuning.study import SweepSpec, describe_pruner
 
     if pruner == "none":
         return pruner

@@ -3,7 +3,7 @@
 For each architecture: train briefly on a 256 px built-in set, register it, start `dfk app` on a
 free 127.0.0.1 port and open the page in Debian's headless Chromium. Then, alternating so that
 background load hits both sides alike, time
-  in-process   `pyfunc.predict` on the image bytes, plus decode and `dfk.explain.gradcam` of that image
+  in-process   `pyfunc.predict` on the image bytes, plus decode and `dfk.explain.gradcam.gradcam` of that image
   page         choose the file in the page until its verdict is on screen (the page's own clock,
                from sending the file to drawing the verdict with its overlay)
   HTTP         `POST /api/predict` from Python, for reference
@@ -40,10 +40,10 @@ def measure(arch: str, epochs: int, repeats: int, tmp: Path, data: Path, screens
 
     from dfk.config import TrainConfig
     from dfk.data.decode import decode_image
-    from dfk.explain import gradcam, gradient_function
+    from dfk.explain.gradcam import gradcam, gradient_function
     from bench.localserver import free_port, request, running, venv_tool
-    from dfk.registry import register_best
-    from dfk.training import train
+    from dfk.registry.promotion import register_best
+    from dfk.training.trainer import train
     from tests.browser import chromium
 
     uri = f"sqlite:///{tmp}/{arch}.db"
@@ -124,7 +124,7 @@ def main() -> None:
         "## Web app latency (`python -m bench.webapp`)",
         "",
         f"One 256 px JPEG from the built-in set, {args.repeats} times after 3 warm-ups, the three ways alternating. "
-        "*In-process*: `pyfunc.predict` on the bytes plus decode and `dfk.explain.gradcam` of the image. "
+        "*In-process*: `pyfunc.predict` on the bytes plus decode and `dfk.explain.gradcam.gradcam` of the image. "
         "*Page*: `dfk app` on 127.0.0.1 in headless Chromium, from sending the chosen file to the verdict and "
         "overlay on screen (the page's clock). *HTTP*: `POST /api/predict` from Python.",
         "",

@@ -1,7 +1,7 @@
 """The one typed training configuration.
 
 Every default lives here and only here: the CLI (``-P key=value``), the MLproject entry points
-(rendered from this class by :mod:`dfk.mlproject`) and the Optuna search all produce a
+(rendered from this class by :mod:`dfk.cli.mlproject`) and the Optuna search all produce a
 :class:`TrainConfig`. Overrides are strict: an unknown key or a value of the wrong type fails
 with one line naming the problem.
 """
@@ -14,8 +14,12 @@ import typing
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Iterable, Mapping
 
-from dfk.devices import MIXED_PRECISION, STRATEGIES
 from dfk.errors import UserError
+
+#: Values of TrainConfig.strategy (what each does: :mod:`dfk.training.devices`).
+STRATEGIES = ("default", "mirrored")
+#: Values of TrainConfig.mixed_precision; "auto" is resolved by :func:`dfk.training.devices.resolve_mixed_precision`.
+MIXED_PRECISION = ("auto", "on", "off")
 
 #: Augmentations the training pipeline knows, in the order they are applied.
 AUGMENTATIONS = ("flip", "rotation", "zoom", "brightness", "jpeg", "blur")
@@ -178,6 +182,8 @@ AUTO = "auto"
 
 #: The original notebook's training size, for a folder of the user's own images.
 NOTEBOOK_IMAGE_SIZE = 256
+#: The built-in set's native side in pixels: small enough to train from scratch on a CPU in minutes.
+BUILTIN_IMAGE_SIZE = 64
 
 
 def default_image_size(data_dir: str, arch: str) -> int:
@@ -185,10 +191,9 @@ def default_image_size(data_dir: str, arch: str) -> int:
     the architecture accepts), else the notebook's."""
     if data_dir != BUILTIN_DATA:
         return NOTEBOOK_IMAGE_SIZE
-    from dfk.data.synth import SynthSpec
     from dfk.models import get_spec
 
-    return max(SynthSpec().image_size, get_spec(arch).min_image_size)
+    return max(BUILTIN_IMAGE_SIZE, get_spec(arch).min_image_size)
 
 
 def parse_pairs(pairs: Iterable[str], bad: Callable[[str], str]) -> dict[str, str]:
@@ -260,3 +265,17 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise UserError(f"parameter {name}={value!r} is not a valid {target.__name__}") from None
+
+
+def parse_archs(archs: str, base: TrainConfig) -> list[TrainConfig]:
+    """One config per comma-separated entry of ``archs``; every bad entry fails before any run."""
+    configs = []
+    for entry in (e.strip() for e in archs.split(",")):
+        if not entry:
+            continue
+        arch, *pairs = entry.split(":")
+        overrides = parse_pairs(pairs, lambda _: f"archs entry {entry!r}: write overrides as arch:key=value[:key=value]")
+        configs.append(base.replace(arch=arch.strip(), **{k: v.strip() for k, v in overrides.items()}))
+    if not configs:
+        raise UserError("archs is empty; name at least one architecture (see `dfk models`)")
+    return configs

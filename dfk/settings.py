@@ -3,7 +3,7 @@
 :class:`dfk.config.TrainConfig` holds what one run trains with; this holds what the commands that
 start, pick, promote and serve runs default to: experiment names, the registered model and its
 aliases, the promotion gate, the whole job's architectures, the sweep's defaults. The CLI options,
-the library functions and the MLproject entry points (rendered by :mod:`dfk.mlproject`) all read
+the library functions and the MLproject entry points (rendered by :mod:`dfk.cli.mlproject`) all read
 :data:`SETTINGS`; the comment above a field is its help in the MLproject.
 """
 

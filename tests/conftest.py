@@ -49,7 +49,7 @@ def trained_model(tmp_path_factory, tiny_data) -> Path:
     import mlflow
 
     from dfk.config import TrainConfig
-    from dfk.training import train
+    from dfk.training.trainer import train
 
     d = tmp_path_factory.mktemp("trained")
     mlflow.set_tracking_uri(f"sqlite:///{d}/mlflow.db")
@@ -65,8 +65,8 @@ def champion(tmp_path_factory, tiny_data) -> str:
     import mlflow
 
     from dfk.config import TrainConfig
-    from dfk.registry import promote, register_best
-    from dfk.training import train
+    from dfk.registry.promotion import promote, register_best
+    from dfk.training.trainer import train
 
     d = tmp_path_factory.mktemp("champion")
     uri = f"sqlite:///{d}/mlflow.db"

@@ -113,7 +113,7 @@ def test_params_mlflow_run_logged_are_logged_once_with_what_was_used():
     something else (auto resolved, an empty default filled in) and never logs a key twice."""
     import mlflow
 
-    from dfk.tracking import log_params_once, run_param
+    from dfk.runs.tracking import log_params_once, run_param
 
     with mlflow.start_run() as run:
         mlflow.log_params({"learning_rate": "auto", "storage": "", "n_trials": "4", "epochs": "16"})
@@ -153,7 +153,7 @@ def test_experiments_dfk_creates_keep_artifacts_beside_a_local_store(tmp_path, m
     """Not in ./mlruns of whichever folder the process runs in (under mlflow run: the checkout)."""
     import mlflow
 
-    from dfk.tracking import set_experiment
+    from dfk.runs.tracking import set_experiment
 
     store = tmp_path / "store"
     store.mkdir()

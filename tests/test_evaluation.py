@@ -1,11 +1,11 @@
-"""dfk.evaluation's figures pinned to values worked out by hand, and EER as the field computes it."""
+"""dfk.metrics.binary's figures pinned to values worked out by hand, and EER as the field computes it."""
 
 import math
 
 import numpy as np
 import pytest
 
-from dfk.evaluation import (choose_threshold, compute_metrics, eer, expected_calibration_error, predicted,
+from dfk.metrics.binary import (choose_threshold, compute_metrics, eer, expected_calibration_error, predicted,
                             threshold_at_fpr, verdict)
 
 # Three reals, two fakes. On sklearn's ROC curve (collinear points dropped) the points are

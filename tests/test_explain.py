@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dfk.explain import gradcam, gradient_function, overlay, score_against_masks
+from dfk.explain.gradcam import gradcam, gradient_function, overlay, score_against_masks
 from dfk.models import create_model, get_spec, list_models
 
 

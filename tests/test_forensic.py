@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dfk.explain import MIN_GRID, default_layer, gradient_function
+from dfk.explain.gradcam import MIN_GRID, default_layer, gradient_function
 from dfk.models import create_model, get_spec, list_models
 from dfk.models.layers import NeighbourResidual, SRMResidual, srm_kernels
 

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from bench.hostile import ACCEPTED, corpus, decode_peaks
 from dfk.data.decode import (ALLOWED_FORMATS, MAX_DECODED_BYTES, BadImage, ImageTooLarge, decode_for_display,
                              decode_image)
-from dfk.serving import DeepfakeDetector, InvalidInput, to_bytes
+from dfk.serving.detector import DeepfakeDetector, InvalidInput, to_bytes
 from dfk.settings import SETTINGS
 
 CORPUS = corpus()
@@ -122,9 +122,9 @@ def test_training_pipeline_skips_what_it_cannot_decode_with_a_reason(tmp_path):
 
 
 def test_predict_and_gradcam_score_the_readable_files_and_skip_the_rest(trained_model, tmp_path):
-    from dfk.explain import explain_files
-    from dfk.scoring import predict_files
-    from dfk.serving import load_detector
+    from dfk.explain.gradcam import explain_files
+    from dfk.evaluation.scoring import predict_files
+    from dfk.serving.detector import load_detector
 
     files = sorted(p for p in _write_corpus(tmp_path / "data").rglob("*") if p.is_file())
     detector = load_detector(str(trained_model))

@@ -7,7 +7,7 @@ import pytest
 
 from dfk.config import TrainConfig
 from dfk.data.synth import SynthSpec, generate
-from dfk.training import train
+from dfk.training.trainer import train
 
 pytestmark = pytest.mark.slow
 

@@ -88,7 +88,7 @@ def test_resnet_loads_a_backbone_weights_file_and_trains_its_head_on_it_as_the_n
     import mlflow
 
     from dfk.config import TrainConfig
-    from dfk.training import train
+    from dfk.training.trainer import train
 
     keras.utils.set_random_seed(3)
     donor = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3))

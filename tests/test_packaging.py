@@ -5,14 +5,14 @@ from pathlib import Path
 
 import yaml
 
-from dfk.mlproject import ENTRY_PARAMS, render
+from dfk.cli.mlproject import ENTRY_PARAMS, render
 from dfk.models import list_models
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_mlproject_is_rendered_from_the_config():
-    assert (ROOT / "MLproject").read_text() == render(), "run: python -m dfk.mlproject > MLproject"
+    assert (ROOT / "MLproject").read_text() == render(), "run: python -m dfk.cli.mlproject > MLproject"
 
 
 def test_every_architecture_is_an_entry_point_with_the_issue_parameters():

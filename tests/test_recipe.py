@@ -5,7 +5,7 @@ import pytest
 
 from dfk.config import TrainConfig
 from dfk.errors import UserError
-from dfk.training import schedule_callbacks
+from dfk.training.trainer import schedule_callbacks
 
 
 def _drive(callbacks, val_losses):
@@ -65,7 +65,7 @@ def test_image_size_is_native_for_the_builtin_set_and_the_notebooks_for_a_folder
 
 def test_main_archs_take_per_architecture_overrides_and_fail_early():
     from dfk.settings import SETTINGS
-    from dfk.workflow import parse_archs
+    from dfk.config import parse_archs
 
     base = TrainConfig.from_overrides(dict(epochs=7))
     configs = parse_archs("srm, resnet:epochs=1:image_size=32", base)

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from dfk.cli import app
 from dfk.config import TrainConfig
 from dfk.errors import UserError
-from dfk.registry import promote, register_best
-from dfk.training import train
+from dfk.registry.promotion import promote, register_best
+from dfk.training.trainer import train
 
 
 def _train(data, experiment, seed):
@@ -60,8 +60,8 @@ def test_promotion_gate_never_promotes_a_model_that_is_not_better(two_versions, 
 def _auc_on_own_test_split(version: str, data) -> float:
     """The version's test ROC-AUC worked out apart from promote: its own scoring of the same split."""
     from dfk.data.scan import scan
-    from dfk.scoring import score_folder
-    from dfk.serving import load_detector
+    from dfk.evaluation.scoring import score_folder
+    from dfk.serving.detector import load_detector
 
     return score_folder(load_detector(f"models:/deepfake-detector/{version}"), scan(data)).clean.metrics["roc_auc"]
 
@@ -85,7 +85,7 @@ def test_promotion_scores_the_test_split_the_challenger_was_trained_with(tmp_pat
     split, never a fresh default split that would hold the run's training images."""
     import shutil
 
-    from dfk import scoring
+    from dfk.evaluation import scoring
     from dfk.data.scan import scan
 
     flat = tmp_path / "flat"
@@ -163,7 +163,11 @@ def _fake_versions(monkeypatch, quality: dict[str, float], rng=None):
     at every step of promote, so that two promotes interleave differently every time."""
     import types
 
-    from dfk import registry, scoring, serving
+    from dfk.registry import promotion as registry
+
+    from dfk.evaluation import scoring
+
+    from dfk.serving import detector as serving
 
     client = mlflow.MlflowClient()
     client.create_registered_model("m")
@@ -197,7 +201,7 @@ def test_two_promotes_racing_never_leave_a_worse_champion(monkeypatch, seed):
     import random
     import threading
 
-    from dfk.registry import promote
+    from dfk.registry.promotion import promote
 
     quality = {"1": 0.80, "2": 0.95, "3": 0.90}
     client = _fake_versions(monkeypatch, quality, random.Random(seed))
@@ -223,7 +227,7 @@ def test_two_promotes_racing_never_leave_a_worse_champion(monkeypatch, seed):
 
 
 def test_a_promote_that_crashed_between_its_record_and_the_alias_is_finished_by_a_rerun(monkeypatch):
-    from dfk.registry import promote
+    from dfk.registry.promotion import promote
 
     client = _fake_versions(monkeypatch, {"1": 0.8, "2": 0.9})
     client.set_registered_model_alias("m", "champion", "1")
@@ -250,8 +254,8 @@ def test_a_lock_left_by_a_dead_promote_is_broken(monkeypatch):
     import json as _json
     from dataclasses import asdict, replace
 
-    from dfk.liveness import this_process
-    from dfk.registry import LOCK_SUFFIX, promote
+    from dfk.runs.liveness import this_process
+    from dfk.registry.promotion import LOCK_SUFFIX, promote
 
     client = _fake_versions(monkeypatch, {"1": 0.8, "2": 0.9})
     client.set_registered_model_alias("m", "champion", "1")

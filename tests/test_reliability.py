@@ -98,8 +98,8 @@ def test_resume_restores_the_optimizer_the_schedule_and_the_curves(tiny_data):
     count, its early-stopping counters and the curves so far."""
     import keras
 
-    from dfk.checkpoints import STATE_FILE, checkpoint_dir, resumable
-    from dfk.training import train
+    from dfk.training.checkpoints import STATE_FILE, checkpoint_dir, resumable
+    from dfk.training.trainer import train
     from tests.test_training import tiny_config
 
     class StopAfter(keras.callbacks.Callback):
@@ -137,7 +137,7 @@ def test_what_cannot_be_resumed_says_why(tiny_data, tmp_path):
     from typer.testing import CliRunner
 
     from dfk.cli import app
-    from dfk.training import train
+    from dfk.training.trainer import train
     from tests.test_training import tiny_config
 
     finished = train(tiny_config("cnn", tiny_data, gradcam_images=0)).run_id
@@ -152,7 +152,7 @@ def test_what_cannot_be_resumed_says_why(tiny_data, tmp_path):
 
 
 def test_only_runs_whose_processes_are_all_gone_are_ended():
-    from dfk.liveness import HEARTBEAT_PREFIX, end_orphaned_runs, this_process
+    from dfk.runs.liveness import HEARTBEAT_PREFIX, end_orphaned_runs, this_process
     from dataclasses import asdict, replace
 
     client = mlflow.MlflowClient()
@@ -177,8 +177,8 @@ def test_only_runs_whose_processes_are_all_gone_are_ended():
 
 
 def test_an_open_run_carries_this_process_heartbeat():
-    from dfk import tracking
-    from dfk.liveness import beats, this_process
+    from dfk.runs import tracking
+    from dfk.runs.liveness import beats, this_process
 
     with tracking.run("x") as active:
         (beat,) = beats(mlflow.get_run(active.info.run_id).data.tags)
@@ -209,9 +209,9 @@ def test_a_two_phase_run_stopped_in_fine_tuning_resumes_in_fine_tuning(tiny_data
     counters, and the curves have one point per epoch of both phases."""
     import keras
 
-    from dfk.checkpoints import STATE_FILE, checkpoint_dir
+    from dfk.training.checkpoints import STATE_FILE, checkpoint_dir
     from dfk.config import TrainConfig
-    from dfk.training import train
+    from dfk.training.trainer import train
 
     donor = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
     path = tmp_path / "efficientnetb0_notop.weights.h5"

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from dfk.cli import app
 from dfk.errors import UserError
-from dfk.scoring import PERTURBATIONS, parse_perturbations, perturb
+from dfk.evaluation.scoring import PERTURBATIONS, parse_perturbations, perturb
 
 
 @pytest.mark.parametrize("kind", list(PERTURBATIONS))
@@ -55,7 +55,7 @@ def test_evaluate_bad_inputs_exit_2(trained_model, tiny_data):
 
 def test_evaluate_scores_a_runs_model_on_its_own_data_by_default_and_builtin_by_name(tiny_data):
     from dfk.config import TrainConfig
-    from dfk.training import train
+    from dfk.training.trainer import train
 
     result = train(TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(tiny_data), image_size=32, batch_size=8,
                                                    epochs=1, weights="none", gradcam_images=0, seed=5)))
@@ -77,7 +77,7 @@ def test_evaluating_on_a_folder_that_changed_since_training_says_so(tiny_data, t
     import shutil
 
     from dfk.config import TrainConfig
-    from dfk.training import train
+    from dfk.training.trainer import train
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
@@ -97,7 +97,7 @@ def test_evaluate_a_model_whose_run_is_elsewhere_needs_a_folder(trained_model):
 
 def test_compare_lists_training_runs_best_first_in_every_format(tiny_data, tmp_path):
     from dfk.config import TrainConfig
-    from dfk.training import train
+    from dfk.training.trainer import train
 
     for seed in (1, 2):
         train(TrainConfig.from_overrides(dict(arch="cnn", data_dir=str(tiny_data), image_size=32, batch_size=8,

@@ -28,7 +28,7 @@ tf.config.set_logical_device_configuration(
 TRAIN_BOTH = TWO_CPUS + """
 import json, sys
 from dfk.config import TrainConfig
-from dfk.training import train
+from dfk.training.trainer import train
 
 runs = {}
 for strategy in ("default", "mirrored"):
@@ -82,7 +82,7 @@ def test_mirrored_over_two_cpus_logs_the_same_run_as_one_device(tiny_data, jpeg_
 def test_mixed_precision_keeps_a_float32_output_and_restores_the_policy(tiny_data, jpeg_bytes):
     import keras
 
-    from dfk.training import train
+    from dfk.training.trainer import train
 
     cfg = TrainConfig.from_overrides(dict(data_dir=str(tiny_data), image_size=32, batch_size=8, epochs=1,
                                           weights="none", gradcam_images=0, mixed_precision="on"))

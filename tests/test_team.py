@@ -70,7 +70,7 @@ def test_a_team_trains_sweeps_registers_and_serves_through_one_server(pg, tiny_d
     import mlflow
     import optuna
 
-    from dfk.tuning import SURPLUS_ATTR
+    from dfk.tuning.study import SURPLUS_ATTR
 
     optuna_url = pg.create_database("optuna")
     space = tmp_path / "space.yaml"

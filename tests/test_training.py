@@ -9,7 +9,7 @@ import pytest
 
 from dfk.config import TrainConfig
 from dfk.models import get_spec, list_models
-from dfk.training import train
+from dfk.training.trainer import train
 
 EPOCH_KEYS = {"loss", "accuracy", "auc", "precision", "recall"}
 TEST_KEYS = {"accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "eer", "tpr_at_fpr_1pct",
@@ -121,7 +121,7 @@ def test_nan_loss_fails_the_run_with_a_clear_message(tiny_data):
 
 
 def test_temperature_scaling_is_fitted_on_validation_and_served(tiny_data, jpeg_bytes):
-    from dfk.evaluation import apply_temperature, fit_temperature
+    from dfk.metrics.binary import apply_temperature, fit_temperature
 
     # an over-confident model: the fitted temperature softens it
     rng = np.random.default_rng(0)
@@ -129,7 +129,7 @@ def test_temperature_scaling_is_fitted_on_validation_and_served(tiny_data, jpeg_
     p = np.where(rng.random(400) < 0.7, y, 1 - y) * 0.98 + 0.01
     t = fit_temperature(y, p)
     assert t > 1.5
-    from dfk.evaluation import expected_calibration_error
+    from dfk.metrics.binary import expected_calibration_error
 
     assert expected_calibration_error(y, apply_temperature(p, t)) < expected_calibration_error(y, p)
 

@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 
 from dfk.cli import app
 from dfk.config import TrainConfig
-from dfk.tuning import SweepSpec, tune
+from dfk.tuning.study import SweepSpec
+from dfk.tuning.sweep import tune
 
 SPACE = "learning_rate: {type: float, low: 0.0001, high: 0.01, log: true}\nbatch_size: {type: categorical, choices: [8]}\n" \
         "dense_units: {type: categorical, choices: [16, 32]}\naugment: null\n"
@@ -45,7 +46,7 @@ def test_a_sweep_is_a_parent_run_with_one_child_per_trial_and_resumes(tiny_data,
     best = mlflow.get_run(r.best_run_id)  # the best trial's run holds the model trained with the best params
     assert float(best.data.params["learning_rate"]) == pytest.approx(r.best_params["learning_rate"])
     assert best.data.params["dense_units"] == str(r.best_params["dense_units"])
-    from dfk.serving import load_detector
+    from dfk.serving.detector import load_detector
 
     detector = load_detector(f"runs:/{r.best_run_id}/model")
     assert detector.image_size == 32 and detector.model.get_layer("dense").units == r.best_params["dense_units"]
@@ -98,7 +99,7 @@ def test_bad_search_space_is_one_line_and_exit_2(tiny_data, tmp_path, text, frag
 @pytest.mark.slow
 def test_two_workers_on_sqlite_run_exactly_n_trials(tiny_data, tmp_path):
     r = tune(_spec(tiny_data, tmp_path, n_trials=4, study_name="w", workers=2))
-    from dfk.tuning import SURPLUS_ATTR
+    from dfk.tuning.study import SURPLUS_ATTR
 
     study = optuna.load_study(study_name="w", storage=f"sqlite:///{tmp_path}/optuna.db")
     ran = [t for t in study.trials if not t.user_attrs.get(SURPLUS_ATTR)]  # a start both took at once: not run
@@ -137,7 +138,7 @@ def test_ctrl_c_stops_cleanly_leaving_finished_trials_and_closed_runs(tiny_data,
     ("minimize", [0.7, 0.9, 0.5, 0.6], [0.7, 0.7, 0.5, 0.5]),
 ])
 def test_the_pruner_is_fed_each_trials_best_value_so_far(direction, epochs, reported):
-    from dfk.tuning import best_so_far_pruning
+    from dfk.tuning.trials import best_so_far_pruning
 
     study = optuna.create_study(direction=direction, pruner=optuna.pruners.NopPruner())
     trial = study.ask()
@@ -152,7 +153,7 @@ def test_a_trial_behind_the_completed_trials_best_so_far_is_pruned():
     # The completed trial peaked at 0.8 in epoch 1 and dipped to 0.6 in epoch 2, the first judged.
     # Fed raw values, the pruner would keep a trial at 0.7 there (above 0.6); fed best-so-far values
     # it stops it, since that trial would end below the completed one.
-    from dfk.tuning import best_so_far_pruning
+    from dfk.tuning.trials import best_so_far_pruning
 
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=2))
     done = study.ask()
@@ -169,7 +170,7 @@ def test_a_trial_behind_the_completed_trials_best_so_far_is_pruned():
 
 
 def test_the_default_median_pruner_waits_for_three_trials_and_the_first_tenth_of_the_epochs():
-    from dfk.tuning import make_pruner
+    from dfk.tuning.study import make_pruner
 
     study = optuna.create_study(direction="maximize", pruner=make_pruner("median", epochs=20))
 
@@ -212,7 +213,7 @@ def test_bad_sweep_options_are_one_line_and_exit_2(tiny_data, tmp_path, monkeypa
 
 
 def test_storage_passwords_never_reach_a_param_or_the_terminal():
-    from dfk.tuning import redact
+    from dfk.tuning.study import redact
 
     assert redact("postgresql+psycopg://alice:s3cret@db:5432/optuna") == "postgresql+psycopg://***@db:5432/optuna"
     assert "p@ss" not in redact("postgresql://u:p@ss@h/db") and redact("postgresql://u:p@ss@h/db").endswith("@h/db")
@@ -220,7 +221,7 @@ def test_storage_passwords_never_reach_a_param_or_the_terminal():
 
 
 def test_default_study_storage_sits_beside_the_tracking_store(tmp_path, monkeypatch):
-    from dfk.tuning import default_storage
+    from dfk.tuning.study import default_storage
 
     assert default_storage(f"sqlite:///{tmp_path}/store/mlflow.db") == f"sqlite:///{tmp_path}/store/optuna.db"
     assert default_storage(f"file://{tmp_path}/files/mlruns") == f"sqlite:///{tmp_path}/files/optuna.db"
@@ -240,7 +241,7 @@ def test_a_dead_workers_trial_is_failed_retried_and_its_run_ended_killed(tiny_da
 
     from bench.localserver import venv_tool
     from dfk.settings import SETTINGS
-    from dfk.tuning import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR
+    from dfk.tuning.study import RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR
 
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
@@ -295,7 +296,7 @@ def test_a_worker_under_mlflow_run_joins_the_sweep_in_progress(tiny_data, tmp_pa
     """The sweep's first process started it (parent run, study attributes); another one, started by
     ``mlflow run -e tune``, joins: its trials hang under the sweep's parent, its own entry run only
     points there, and being the last it summarises and ends the parent."""
-    from dfk.tuning import _create_or_load, join_or_start
+    from dfk.tuning.study import _create_or_load, join_or_start
 
     spec = _spec(tiny_data, tmp_path, n_trials=1, study_name="j")
     spec.validate()
@@ -316,7 +317,7 @@ def test_a_worker_under_mlflow_run_joins_the_sweep_in_progress(tiny_data, tmp_pa
 
 def test_a_worker_with_other_settings_cannot_join_a_sweep(tiny_data, tmp_path):
     from dfk.errors import UserError
-    from dfk.tuning import _create_or_load, join_or_start
+    from dfk.tuning.study import _create_or_load, join_or_start
 
     spec = _spec(tiny_data, tmp_path, n_trials=2, study_name="m")
     spec.validate()

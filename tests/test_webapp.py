@@ -129,8 +129,8 @@ def test_truncated_jpeg_is_a_400(served, tiny_data):
 def test_a_full_waiting_room_answers_429_and_recovers(champion, tiny_data):
     import uvicorn
 
-    from dfk.serving import load_detector
-    from dfk.webapp import Limits, create_app, describe_model
+    from dfk.serving.detector import load_detector
+    from dfk.app.server import Limits, create_app, describe_model
 
     mlflow.set_tracking_uri(champion)
     uri = "models:/deepfake-detector@champion"
@@ -272,7 +272,7 @@ def test_a_thousand_trickling_uploads_do_not_stop_a_normal_request(champion, tin
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, n + 500), hard))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    code = ("from dfk.webapp import Limits, serve; "
+    code = ("from dfk.app.server import Limits, serve; "
             f"serve('models:/deepfake-detector@champion', port={port}, limits=Limits(body_seconds={deadline}))")
     head = (f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/octet-stream\r\n"
             "Content-Length: 100000\r\n\r\n").encode()

@@ -38,6 +38,7 @@ from typing import Callable
 
 import numpy as np
 
+from dfk.config import BUILTIN_IMAGE_SIZE
 from dfk.errors import UserError
 
 #: Bump when the generator changes, so cached copies are rebuilt.
@@ -83,7 +84,7 @@ class SynthSpec:
     train: int = 1000  # images per class in Train
     validation: int = 150  # images per class in Validation
     test: int = 300  # images per class in Test: enough that ROC-AUC varies by about 0.01 between draws
-    image_size: int = 64  # native size: small enough to train from scratch on a CPU in minutes
+    image_size: int = BUILTIN_IMAGE_SIZE
     seed: int = 0
     manipulations: tuple[str, ...] = MANIPULATIONS  # the kinds fakes draw from
     photos: str = BUILTIN_PHOTOS  # or a folder of photographs (any of dfk's image formats)

@@ -1,6 +1,6 @@
 """Transfer models on keras.applications backbones, all with the notebook's ResNet head.
 
-Each backbone is nested in the model as the layer named ``backbone``; ``dfk.training`` freezes
+Each backbone is nested in the model as the layer named ``backbone``; ``dfk.training.trainer`` freezes
 it for the first phase and unfreezes its last layers for fine-tuning.
 """
 

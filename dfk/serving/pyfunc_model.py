@@ -2,6 +2,6 @@
 
 from mlflow.models import set_model
 
-from dfk.serving import DeepfakeDetector
+from dfk.serving.detector import DeepfakeDetector
 
 set_model(DeepfakeDetector())

@@ -31,7 +31,7 @@ from dfk.settings import SETTINGS
 
 log = logging.getLogger("dfk.app")
 
-PAGE = Path(__file__).with_name("webapp_page.html")
+PAGE = Path(__file__).with_name("page.html")
 #: Longest side of the overlay sent back to the page: sharp on a phone, small to transfer.
 DISPLAY_SIDE = 512
 
@@ -154,7 +154,7 @@ class Explainer:
     """Bytes in, verdict and Grad-CAM overlay out: the same decode and probability as the served model."""
 
     def __init__(self, detector, layer: str | None = None) -> None:
-        from dfk.explain import gradient_function
+        from dfk.explain.gradcam import gradient_function
 
         self.detector = detector
         self.fn = gradient_function(detector.model, layer)
@@ -164,8 +164,8 @@ class Explainer:
         import cv2
 
         from dfk.data.decode import decode_for_display, decode_image
-        from dfk.evaluation import verdict
-        from dfk.explain import gradcam, overlay
+        from dfk.metrics.binary import verdict
+        from dfk.explain.gradcam import gradcam, overlay
 
         d = self.detector
         x = decode_image(data, d.image_size)  # exactly what `mlflow models serve` feeds the model
@@ -195,7 +195,7 @@ class Explainer:
 
 def create_app(detector, info: ModelInfo, limits: Limits = Limits(), layer: str | None = None,
                hosts: list[str] | None = None):
-    """The FastAPI application around a loaded :class:`dfk.serving.DeepfakeDetector`.
+    """The FastAPI application around a loaded :class:`dfk.serving.detector.DeepfakeDetector`.
 
     ``hosts``: the ``Host`` names it answers (others get 400); None: :func:`allowed_hosts` of 127.0.0.1.
     """
@@ -298,7 +298,7 @@ def serve(model_uri: str = SETTINGS.champion_uri, host: str = "127.0.0.1", port:
     """
     import uvicorn
 
-    from dfk.serving import load_detector
+    from dfk.serving.detector import load_detector
 
     if not 0 < port < 65536:
         raise UserError(f"port must be between 1 and 65535, got {port}")

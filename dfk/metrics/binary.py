@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from dfk import LABELS
-from dfk.plots import pyplot, save
+from dfk.metrics.plots import pyplot, save
 
 CLASS_NAMES = [LABELS[0], LABELS[1]]  # index = label
 

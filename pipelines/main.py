@@ -8,23 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dfk.config import TrainConfig, parse_pairs
-from dfk.errors import UserError
+from dfk.config import TrainConfig, parse_archs
 from dfk.settings import SETTINGS
-
-
-def parse_archs(archs: str, base: TrainConfig) -> list[TrainConfig]:
-    """One config per comma-separated entry of ``archs``; every bad entry fails before any run."""
-    configs = []
-    for entry in (e.strip() for e in archs.split(",")):
-        if not entry:
-            continue
-        arch, *pairs = entry.split(":")
-        overrides = parse_pairs(pairs, lambda _: f"archs entry {entry!r}: write overrides as arch:key=value[:key=value]")
-        configs.append(base.replace(arch=arch.strip(), **{k: v.strip() for k, v in overrides.items()}))
-    if not configs:
-        raise UserError("archs is empty; name at least one architecture (see `dfk models`)")
-    return configs
 
 
 @dataclass
@@ -43,10 +28,10 @@ def run_main(base: TrainConfig, archs: str = SETTINGS.archs, experiment: str = S
     (judged on the data they trained on) and check the champion's robustness there."""
     import mlflow
 
-    from dfk import tracking
-    from dfk.registry import promote, register_best
-    from dfk.scoring import evaluate_model, parse_perturbations
-    from dfk.training import train
+    from dfk.runs import tracking
+    from dfk.registry.promotion import promote, register_best
+    from dfk.evaluation.scoring import evaluate_model, parse_perturbations
+    from dfk.training.trainer import train
 
     perturbations = parse_perturbations(perturb)
     configs = parse_archs(archs, base)  # every bad parameter fails before any run

@@ -159,7 +159,7 @@ def open_parent_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> 
 def ending(run_id: str, end: Callable[[str], bool] = lambda status: True) -> Iterator[None]:
     """End run ``run_id`` when the block ends: FINISHED, FAILED on an error, KILLED on Ctrl-C;
     ``end(status)`` may decline (another process still works under the run and will end it)."""
-    from dfk.liveness import Heartbeat
+    from dfk.runs.liveness import Heartbeat
 
     status = "FAILED"
     try:
@@ -177,8 +177,8 @@ def ending(run_id: str, end: Callable[[str], bool] = lambda status: True) -> Ite
 @contextlib.contextmanager
 def run(run_name: str, tags: Mapping[str, str] | None = None, run_id: str | None = None) -> Iterator[Any]:
     """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C; it carries this
-    process's heartbeat while open (see :mod:`dfk.liveness`). ``run_id`` reopens that run."""
-    from dfk.liveness import Heartbeat
+    process's heartbeat while open (see :mod:`dfk.runs.liveness`). ``run_id`` reopens that run."""
+    from dfk.runs.liveness import Heartbeat
 
     if run_id:
         Heartbeat(run_id).beat()  # before the run is RUNNING again, so no one takes it for orphaned

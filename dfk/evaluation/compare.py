@@ -25,9 +25,9 @@ def compare_runs(experiment: str | None = None, metric: str = SETTINGS.select_me
     import mlflow
     import pandas as pd
 
-    from dfk import tracking
-    from dfk.evaluation import lower_is_better
-    from dfk.tracking import RESOLVED
+    from dfk.runs import tracking
+    from dfk.metrics.binary import lower_is_better
+    from dfk.runs.tracking import RESOLVED
 
     runs = tracking.trained_runs(experiment, output_format="pandas")
     where = f"experiment {experiment!r}" if experiment else "any experiment"
@@ -52,7 +52,7 @@ def log_comparison(table, metric: str, chart: Path, experiment: str | None = Non
     the entry point's run). Returns its id."""
     import mlflow
 
-    from dfk import tracking
+    from dfk.runs import tracking
 
     bar_chart(table, metric, chart)
     tracking.use_experiment(experiment)
@@ -63,7 +63,7 @@ def log_comparison(table, metric: str, chart: Path, experiment: str | None = Non
 
 
 def bar_chart(table, metric: str, path: Path) -> Path:
-    from dfk.plots import pyplot, save
+    from dfk.metrics.plots import pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(table)), 3.6))

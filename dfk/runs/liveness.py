@@ -225,7 +225,7 @@ def keep_killed(run_id: str) -> None:
     launcher = _launcher()
     if launcher is None:
         return
-    subprocess.Popen([sys.executable, "-m", "dfk.liveness", run_id, str(launcher[0]), launcher[1]],
+    subprocess.Popen([sys.executable, "-m", "dfk.runs.liveness", run_id, str(launcher[0]), launcher[1]],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      start_new_session=True)
 
@@ -241,7 +241,7 @@ def _restore_killed(run_id: str, pid: int, start: str, wait: float = 30) -> None
         client.set_terminated(run_id, "KILLED")
 
 
-if __name__ == "__main__":  # python -m dfk.liveness RUN_ID LAUNCHER_PID LAUNCHER_START (see keep_killed)
+if __name__ == "__main__":  # python -m dfk.runs.liveness RUN_ID LAUNCHER_PID LAUNCHER_START (see keep_killed)
     import sys
 
     _restore_killed(sys.argv[1], int(sys.argv[2]), sys.argv[3])

@@ -31,7 +31,7 @@ CARRIED = ("wait", "best", "best_epoch", "cooldown_counter")
 
 
 def checkpoint_dir(run_id: str) -> Path:
-    from dfk.tracking import beside_store
+    from dfk.runs.tracking import beside_store
 
     return beside_store() / CHECKPOINTS / run_id
 
@@ -155,7 +155,7 @@ def resumable(run_id: str):
     import mlflow
 
     from dfk.config import TrainConfig
-    from dfk.liveness import beats
+    from dfk.runs.liveness import beats
 
     try:
         run = mlflow.get_run(run_id)

@@ -171,8 +171,8 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.nd
 
 def save_gallery(images, heatmaps, probs, threshold: float, path: Path, titles: Sequence[str] = ()) -> Path:
     """One PNG: a row per image with original | heatmap | overlay and the verdict."""
-    from dfk.evaluation import verdict as label_of
-    from dfk.plots import pyplot, save
+    from dfk.metrics.binary import verdict as label_of
+    from dfk.metrics.plots import pyplot, save
 
     plt = pyplot()
     n = len(images)
@@ -208,7 +208,7 @@ def explain_files(detector, files, out: Path, layer: str | None = None, batch_si
     from PIL import Image
 
     from dfk.data.decode import ImageBatches
-    from dfk.evaluation import verdict
+    from dfk.metrics.binary import verdict
 
     fn = gradient_function(detector.model, layer)
     out.mkdir(parents=True, exist_ok=True)
@@ -323,7 +323,7 @@ def log_run_explanations(model, ev, cfg, out_dir: Path, temperature: float = 1.0
     if picks:
         images = np.stack([read_image(ev.paths[i], cfg.image_size) for i in picks]).astype(np.float32)
         heat, probs = gradcam(model, images, fn=fn)
-        from dfk.evaluation import apply_temperature
+        from dfk.metrics.binary import apply_temperature
 
         probs = apply_temperature(probs, temperature)  # the threshold lives on the calibrated scale
         titles = [f"true {'fake' if ev.y_true[i] else 'real'}, {Path(ev.paths[i]).name}" for i in picks]

@@ -1,7 +1,7 @@
 """Score a logged or registered model on a folder: clean, and under the perturbations detectors fail on.
 
 Used by ``dfk evaluate`` (which logs an evaluation run), by promotion (both aliases on the same
-split) and by the main pipeline. Metrics come from :mod:`dfk.evaluation`, the one metrics module.
+split) and by the main pipeline. Metrics come from :mod:`dfk.metrics.binary`, the one metrics module.
 
 Perturbations are applied to both classes alike, at the image's own resolution, before the
 model's resize: JPEG re-compression (the classic failure: detectors trained without it collapse
@@ -87,7 +87,7 @@ def metric_key(kind: str, level, metric: str) -> str:
 
 @dataclass
 class FolderScore:
-    clean: object  # dfk.evaluation.Evaluation
+    clean: object  # dfk.metrics.binary.Evaluation
     robust: dict[tuple[str, float], dict[str, float]] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
@@ -104,7 +104,7 @@ def score_folder(detector, index, split: str = "test", perturbations=(), seed: i
                  progress: Callable[[int], None] | None = None) -> FolderScore:
     """Predictions of ``detector`` on ``split`` of ``index``, clean and perturbed, with metrics."""
     from dfk.data.decode import BadImage, read_image, resize
-    from dfk.evaluation import evaluate_predictions
+    from dfk.metrics.binary import evaluate_predictions
 
     paths, labels = index.paths(split), index.labels(split)
     variants = [None, *perturbations]
@@ -141,7 +141,7 @@ def write_robustness(score: FolderScore, out: Path) -> list[Path]:
     """The robustness table (CSV and JSON) and one heatmap of ROC-AUC drop per perturbation and level."""
     import pandas as pd
 
-    from dfk.plots import pyplot, save
+    from dfk.metrics.plots import pyplot, save
 
     rows = [{"perturbation": k, "level": lv, **{m: v[m] for m in ROBUST_METRICS},
              **{f"{m}_drop": score.clean.metrics[m] - v[m] for m in ROBUST_METRICS}}
@@ -170,7 +170,7 @@ def write_robustness(score: FolderScore, out: Path) -> list[Path]:
 
 def model_data(model_uri: str):
     """The images ``model_uri``'s run trained on and how it split them (a DataSpec), or None."""
-    from dfk import tracking
+    from dfk.runs import tracking
 
     run = tracking.model_run(model_uri)
     return tracking.run_data(run) if run is not None else None
@@ -209,7 +209,7 @@ def scoring_data(model_uri: str, data_dir: str | None = None, split: str = "test
 def predict_files(detector, files, batch_size: int, on_skip=None, progress: Callable[[int], None] | None = None):
     """``(path, probability of fake, verdict)`` for each readable file, scored in batches."""
     from dfk.data.decode import ImageBatches
-    from dfk.evaluation import verdict
+    from dfk.metrics.binary import verdict
 
     rows = []
     batches = ImageBatches(files, detector.image_size, batch_size, on_skip)
@@ -230,9 +230,9 @@ def evaluate_model(model_uri: str, data_dir: str | None = None, perturbations=()
 
     import mlflow
 
-    from dfk import tracking
-    from dfk.evaluation import write_report
-    from dfk.serving import load_detector
+    from dfk.runs import tracking
+    from dfk.metrics.binary import write_report
+    from dfk.serving.detector import load_detector
 
     index, data = scoring_data(model_uri, data_dir, split)
     detector = load_detector(model_uri)

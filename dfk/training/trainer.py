@@ -193,9 +193,9 @@ def train(
     workers are); ``callbacks`` join Keras' fit (the tuner's pruning callback); ``index`` is the
     data already opened for ``cfg`` (opened here when it is None or was split otherwise).
     ``checkpoint`` backs up every epoch so that a killed run can be resumed; ``resume_run_id``
-    continues such a run (its ``cfg`` from :func:`dfk.checkpoints.resumable`).
+    continues such a run (its ``cfg`` from :func:`dfk.training.checkpoints.resumable`).
     """
-    from dfk import devices
+    from dfk.training import devices
 
     cfg = cfg.replace(mixed_precision=devices.resolve_mixed_precision(cfg.mixed_precision))
     with devices.precision(cfg.mixed_precision):
@@ -221,10 +221,14 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
     import keras
     import mlflow
 
-    from dfk import checkpoints, devices, tracking
+    from dfk.training import checkpoints
+
+    from dfk.training import devices
+
+    from dfk.runs import tracking
     from dfk.data.pipeline import DecodeFailures, make_dataset
     from dfk.data.scan import DataSpec
-    from dfk.evaluation import (apply_temperature, choose_threshold, evaluate_predictions, fit_temperature,
+    from dfk.metrics.binary import (apply_temperature, choose_threshold, evaluate_predictions, fit_temperature,
                                 plot_learning_curves, write_report)
     from dfk.models import create_model
 
@@ -368,7 +372,7 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
                     "batch_size": cfg.batch_size, "backbone_weights": used_weights,
                     "dataset_fingerprint": index.fingerprint}
             example = Path(index.paths("test")[0]).read_bytes()
-            from dfk.serving import log_detector
+            from dfk.serving.detector import log_detector
 
             info = log_detector(str(keras_path), meta, example)
             model_uri = f"runs:/{active.info.run_id}/model"
@@ -384,9 +388,9 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
 
 
 def _log_gradcam_gallery(model, test_eval, cfg: TrainConfig, tmp: Path, temperature: float = 1.0) -> None:
-    """Grad-CAM gallery of test images and faithfulness scores (when dfk.explain is available)."""
+    """Grad-CAM gallery of test images and faithfulness scores (when dfk.explain.gradcam is available)."""
     try:
-        from dfk import explain
+        from dfk.explain import gradcam as explain
     except ImportError:
         return
     if cfg.gradcam_images > 0:

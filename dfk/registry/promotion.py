@@ -35,8 +35,8 @@ class Registered:
 def best_run(experiment: str | None = None, metric: str = SETTINGS.select_metric, parent_run_id: str | None = None):
     """The finished run with a logged model that ranks first by ``metric`` (lower log loss breaks ties),
     among the training runs of ``experiment`` (every experiment when None) or of one parent run."""
-    from dfk import tracking
-    from dfk.evaluation import lower_is_better
+    from dfk.runs import tracking
+    from dfk.metrics.binary import lower_is_better
 
     runs = tracking.trained_runs(
         experiment, parent_run_id=parent_run_id, max_results=50,
@@ -157,8 +157,8 @@ def _version(client, name: str, version: str):
 
 def _judge(client, name: str, challenger, champion, data_dir, margin: float, metric: str):
     """Score both versions on one test split: ``(Decision, description, tags)`` for the challenger."""
-    from dfk.scoring import model_data, score_folder, scoring_data
-    from dfk.serving import load_detector
+    from dfk.evaluation.scoring import model_data, score_folder, scoring_data
+    from dfk.serving.detector import load_detector
 
     challenger_uri, champion_uri = f"models:/{name}/{challenger.version}", f"models:/{name}/{champion.version}"
     index, data = scoring_data(challenger_uri, data_dir)
@@ -199,14 +199,14 @@ def promotion_lock(client, name: str, wait: float = LOCK_WAIT):
     """Hold the promotion lock of ``name``: a registered model ``<name>.promotion-lock`` that only one
     process can create (the store's unique name is the atomic step, on SQLite, PostgreSQL or a
     server alike), tagged with its holder and a token. A lock whose holder is gone
-    (:mod:`dfk.liveness`) is broken by whoever first creates ``<lock>.broken-<token>``, so two
+    (:mod:`dfk.runs.liveness`) is broken by whoever first creates ``<lock>.broken-<token>``, so two
     waiters never both break it; a holder releases only a lock that still bears its token."""
     import uuid
     from dataclasses import asdict
 
     from mlflow.exceptions import MlflowException
 
-    from dfk.liveness import Beat, this_process
+    from dfk.runs.liveness import Beat, this_process
 
     lock, token = f"{name}{LOCK_SUFFIX}", uuid.uuid4().hex
     deadline = time.time() + wait

@@ -17,10 +17,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-#: Values of TrainConfig.strategy.
-STRATEGIES = ("default", "mirrored")
-#: Values of TrainConfig.mixed_precision; "auto" is resolved by :func:`resolve_mixed_precision`.
-MIXED_PRECISION = ("auto", "on", "off")
+from dfk.config import MIXED_PRECISION, STRATEGIES  # noqa: F401  (the values a config may hold)
 
 
 def has_gpu() -> bool:

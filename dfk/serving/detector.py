@@ -113,14 +113,14 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
 
     def calibrated(self, raw: np.ndarray) -> np.ndarray:
         """The served probability for the Keras model's raw sigmoid output (temperature applied)."""
-        from dfk.evaluation import apply_temperature
+        from dfk.metrics.binary import apply_temperature
 
         return apply_temperature(np.asarray(raw).reshape(-1), self.temperature)
 
     def predict(self, context, model_input, params=None):
         import pandas as pd
 
-        from dfk.evaluation import verdict
+        from dfk.metrics.binary import verdict
         from dfk.settings import SETTINGS
 
         if isinstance(model_input, dict):
@@ -203,7 +203,7 @@ def log_detector(keras_path: str, meta: dict, example_image: bytes, name: str = 
     signature, example = signature_and_example(example_image)
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=str(Path(dfk.__file__).parent / "pyfunc_model.py"),
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
         artifacts={KERAS_ARTIFACT: keras_path, META_ARTIFACT: str(meta_path)},
         code_paths=[str(Path(dfk.__file__).parent)],
         signature=signature,
