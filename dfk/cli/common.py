@@ -6,16 +6,13 @@ Every error a user can cause ends in one line on stderr and exit code 2.
 from __future__ import annotations
 
 import functools
-import os
-import signal
 from pathlib import Path
 from typing import Annotated, Callable, List, Optional
 
 import typer
 
 from dfk.errors import UserError, server_refusal
-
-from dfk.runs.lifecycle import stop_as_interrupt
+from dfk.runs.entry import command
 
 app = typer.Typer(
     name="dfk",
@@ -37,25 +34,15 @@ def _fail(message: str, code: int = 2) -> None:
 def user_errors(fn: Callable) -> Callable:
     """Turn :class:`UserError` into one stderr line and exit 2; Ctrl-C or SIGTERM into exit 130.
 
-    SIGTERM (a scheduler, ``kill``, a stopped ``mlflow run``) stops a command the way Ctrl-C does,
-    so the runs it opened end KILLED; so does the death of the ``mlflow run`` that launched it. Under ``mlflow run``, the entry point's run ends with the
-    command (FINISHED, FAILED or KILLED) when the command left it open, even if ``mlflow run``
-    itself was stopped first and can no longer end it.
+    The command runs as :func:`dfk.runs.entry.command`: SIGTERM stops it the way Ctrl-C does, and
+    under ``mlflow run`` the entry point's run ends with it if it left that run open.
     """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        previous = signal.signal(signal.SIGTERM, stop_as_interrupt)
-        status = "FAILED"
-        entry_run = os.environ.get("MLFLOW_RUN_ID")
-        if entry_run:  # launched by mlflow run: stop when it is stopped
-            from dfk.runs.liveness import stop_with_launcher
-
-            stop_with_launcher()
         try:
-            result = fn(*args, **kwargs)
-            status = "FINISHED"
-            return result
+            with command():
+                return fn(*args, **kwargs)
         except UserError as exc:
             _fail(str(exc), exc.exit_code)
         except Exception as exc:
@@ -63,19 +50,8 @@ def user_errors(fn: Callable) -> Callable:
                 raise
             _fail(refused)
         except KeyboardInterrupt:
-            status = "KILLED"
             typer.echo("dfk: interrupted", err=True)
             raise typer.Exit(130)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-            if os.environ.get("MLFLOW_RUN_ID"):  # mlflow is imported only when there is such a run
-                from dfk.runs.tracking import end_entry_run
-
-                end_entry_run(status)
-            if entry_run and status == "KILLED":
-                from dfk.runs.liveness import keep_killed
-
-                keep_killed(entry_run)
 
     return wrapper
 

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 
+from dfk.runs.lifecycle import FAILED, KILLED
 from dfk.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def end_orphaned_runs(experiment_ids: list[str] | None = None) -> list[tuple[obj
         last = max(found, key=lambda b: b.at)
         why = f"process {last.pid} on {last.host} is gone (last heartbeat {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last.at))})"
         client.set_tag(run.info.run_id, ORPHANED_TAG, why)
-        client.set_terminated(run.info.run_id, "KILLED", end_time=int(last.at * 1000))
+        client.set_terminated(run.info.run_id, KILLED, end_time=int(last.at * 1000))
         ended.append((run, why))
     return ended
 
@@ -196,7 +197,7 @@ def stop_with_launcher(interval: float = 1.0) -> None:
 
     ``mlflow run`` waits on its entry point's command; stopped by SIGTERM or SIGKILL, it dies alone
     and the command would train on as an orphan, its run RUNNING until it finished. The SIGTERM
-    handler must be installed (the CLI's ``user_errors`` does)."""
+    handler must be installed (:func:`dfk.runs.entry.command` does)."""
     import signal
 
     launcher = _launcher()
@@ -237,8 +238,8 @@ def _restore_killed(run_id: str, pid: int, start: str, wait: float = 30) -> None
     import mlflow
 
     client = mlflow.MlflowClient()
-    if client.get_run(run_id).info.status == "FAILED":
-        client.set_terminated(run_id, "KILLED")
+    if client.get_run(run_id).info.status == FAILED:
+        client.set_terminated(run_id, KILLED)
 
 
 if __name__ == "__main__":  # python -m dfk.runs.liveness RUN_ID LAUNCHER_PID LAUNCHER_START (see keep_killed)

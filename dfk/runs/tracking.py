@@ -12,6 +12,9 @@ import mlflow
 
 import dfk
 from dfk.errors import UserError
+from dfk.runs.entry import hidden_from_mlflow, open_entry_run, take_entry_run
+from dfk.runs.lifecycle import end_status
+from dfk.runs.liveness import Heartbeat
 from dfk.settings import SETTINGS
 
 #: Finished runs that trained a model, sweep trials included (sweep and job parents, evaluations
@@ -103,9 +106,10 @@ def set_experiment(name: str):
 def use_experiment(name: str | None) -> None:
     """Select the experiment: ``name``, else the one MLflow's environment names, else dfk's own.
 
-    Under ``mlflow run`` the run already exists in its experiment, so nothing changes.
+    Under ``mlflow run`` the command's run is the entry point's, already in its experiment, so nothing
+    changes while no run has taken that one.
     """
-    if os.environ.get("MLFLOW_RUN_ID"):
+    if open_entry_run():
         return
     if name:
         set_experiment(name)
@@ -114,13 +118,15 @@ def use_experiment(name: str | None) -> None:
 
 
 def trained_runs(experiment: str | None = None, order_by: list[str] | None = None, parent_run_id: str | None = None,
-                 output_format: str = "list", max_results: int = 1000):
+                 output_format: str = "list", max_results: int = 1000, run_ids: tuple[str, ...] = ()):
     """Finished training runs of ``experiment``, or of every experiment when it is None: ``mlflow
     run`` puts runs in whichever experiment it is given (``Default`` without --experiment-name),
-    and ``dfk register``/``compare`` find them there with no flag."""
+    and ``dfk register``/``compare`` find them there with no flag. ``run_ids``: only those runs (a
+    pipeline's, some reused from an earlier run of it)."""
     if experiment and mlflow.get_experiment_by_name(experiment) is None:
         raise UserError(f"experiment {experiment!r} does not exist; train a model first (dfk train)")
     where = TRAINED + (f" and tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else "")
+    where += f" and attributes.run_id IN ({', '.join(repr(str(r)) for r in run_ids)})" if run_ids else ""
     scope = {"experiment_names": [experiment]} if experiment else {"search_all_experiments": True}
     return mlflow.search_runs(filter_string=where, order_by=order_by, output_format=output_format,
                               max_results=max_results, **scope)
@@ -131,8 +137,7 @@ def parent_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> Itera
     """The parent run of a command that starts runs of its own (the whole job, a sweep).
 
     Under ``mlflow run`` it is the entry point's run (its experiment wins); else a new run in
-    ``experiment``. Yields ``(run_id, experiment name)`` and ends the run FINISHED, FAILED on an
-    error or KILLED on Ctrl-C.
+    ``experiment``. Yields ``(run_id, experiment name)`` and ends the run as :func:`ending` does.
     """
     run_id, experiment = open_parent_run(experiment, run_name, tags)
     with ending(run_id):
@@ -156,47 +161,38 @@ def open_parent_run(experiment: str, run_name: str, tags: Mapping[str, str]) -> 
 
 
 @contextlib.contextmanager
-def ending(run_id: str, end: Callable[[str], bool] = lambda status: True) -> Iterator[None]:
-    """End run ``run_id`` when the block ends: FINISHED, FAILED on an error, KILLED on Ctrl-C;
-    ``end(status)`` may decline (another process still works under the run and will end it)."""
-    from dfk.runs.liveness import Heartbeat
-
-    status = "FAILED"
+def ending(run_id: str, end: Callable[[str], bool] = lambda status: True,
+           finish: Callable[[str, str], None] | None = None) -> Iterator[None]:
+    """Run ``run_id`` carries this process's heartbeat while the block runs, and ends when it ends with
+    :func:`dfk.runs.lifecycle.end_status` (FINISHED, FAILED on an error, KILLED on Ctrl-C or SIGTERM).
+    ``end(status)`` may decline (another process still works under the run and will end it);
+    ``finish(run_id, status)`` ends it (default: the client's ``set_terminated``)."""
+    finish = finish or mlflow.MlflowClient().set_terminated
     try:
         with Heartbeat(run_id):
             yield
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
+    except BaseException as exc:
+        if end(status := end_status(exc)):
+            finish(run_id, status)
         raise
-    finally:
-        if end(status):
-            mlflow.MlflowClient().set_terminated(run_id, status)
+    if end(status := end_status(None)):
+        finish(run_id, status)
 
 
 @contextlib.contextmanager
 def run(run_name: str, tags: Mapping[str, str] | None = None, run_id: str | None = None) -> Iterator[Any]:
-    """A run that always ends: FINISHED, FAILED on an exception, KILLED on Ctrl-C; it carries this
-    process's heartbeat while open (see :mod:`dfk.runs.liveness`). ``run_id`` reopens that run."""
-    from dfk.runs.liveness import Heartbeat
-
+    """The active run of a block, ended as :func:`ending` ends one: ``run_id`` reopened; else under
+    ``mlflow run`` the entry point's run, if no other run of this command took it; else a new one."""
     if run_id:
         Heartbeat(run_id).beat()  # before the run is RUNNING again, so no one takes it for orphaned
         active = mlflow.start_run(run_id=run_id)
+    elif entry := take_entry_run():
+        active = mlflow.start_run(run_id=entry, tags=dict(tags or {}))  # its name stays mlflow run's
     else:
-        active = mlflow.start_run(run_name=run_name if not os.environ.get("MLFLOW_RUN_ID") else None,
-                                  tags=dict(tags or {}))
-    try:
-        with Heartbeat(active.info.run_id):
-            yield active
-    except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
-        raise
-    except BaseException:
-        mlflow.end_run("FAILED")
-        raise
-    else:
-        mlflow.end_run("FINISHED")
+        with hidden_from_mlflow():
+            active = mlflow.start_run(run_name=run_name, tags=dict(tags or {}))
+    with ending(active.info.run_id, finish=lambda _, status: mlflow.end_run(status)):
+        yield active
 
 
 @contextlib.contextmanager
@@ -207,33 +203,12 @@ def local_output(given: str | os.PathLike | None, default: str) -> Iterator[tupl
     or None)``: with a run id, the caller logs the path to that run before the block ends."""
     import tempfile
 
-    run_id = None if given else os.environ.get("MLFLOW_RUN_ID")
+    run_id = None if given else open_entry_run()
     if not run_id:
         yield Path(given or default), None
         return
     with tempfile.TemporaryDirectory() as tmp:
         yield Path(tmp) / Path(default).name, run_id
-
-
-def end_entry_run(status: str) -> None:
-    """End the run ``mlflow run`` started for this entry point with ``status`` if it is still open."""
-    run_id = os.environ.get("MLFLOW_RUN_ID")
-    if not run_id:
-        return
-    try:
-        client = mlflow.MlflowClient()
-        if client.get_run(run_id).info.status == "RUNNING":
-            client.set_terminated(run_id, status)
-    except mlflow.exceptions.MlflowException as exc:  # the store is gone: the command's own exit still stands
-        import logging
-
-        logging.getLogger(__name__).warning("could not end run %s: %s", run_id, exc)
-
-
-def take_entry_run() -> str | None:
-    """The run ``mlflow run`` created for a multi-run entry point (tune, main), taken out of the
-    environment so that the runs this process starts are runs of their own, not that one resumed."""
-    return os.environ.pop("MLFLOW_RUN_ID", None)
 
 
 #: Suffix of the param that holds what an "auto" parameter resolved to.
@@ -262,18 +237,6 @@ def run_param(run, key: str) -> str | None:
     """A run's parameter as used: ``<key>_resolved`` where there is one."""
     params = run.data.params
     return params.get(f"{key}{RESOLVED}", params.get(key))
-
-
-def model_run(model_uri: str):
-    """The run that logged the model at ``model_uri`` (runs:/, models:/ or a local folder), or None
-    when the model names no run or its run is not in this tracking store."""
-    from mlflow.models import get_model_info
-
-    try:
-        run_id = get_model_info(model_uri).run_id
-        return mlflow.get_run(run_id) if run_id else None
-    except Exception:  # no such model or run here: the caller decides what that means
-        return None
 
 
 def run_data(run):
@@ -311,6 +274,22 @@ def standard_tags() -> dict[str, str]:
     return {"dfk_version": dfk.__version__, "git_commit": git_commit()}
 
 
+def log_input(dataset, context: str, tags: dict[str, str]) -> None:
+    """``mlflow.log_input``, again once if another run logged the same new dataset into the same
+    experiment at the same moment: MLflow's SQL store checks for the dataset, then inserts it, so
+    of two runs starting together (two sweep workers, two team members) one fails on the dataset's
+    key ("dataset_pk" on PostgreSQL, "UNIQUE constraint failed: datasets..." on SQLite) and its
+    whole insert is rolled back; the second try finds the dataset and links it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.log_input(dataset, context=context, tags=tags)
+    except MlflowException as exc:
+        if "dataset_pk" not in str(exc) and "datasets." not in str(exc):
+            raise
+        mlflow.log_input(dataset, context=context, tags=tags)
+
+
 def log_dataset(index, context: str = "training") -> None:
     """Log the scanned folder as an MLflow dataset input: name, fingerprint, counts per split/class."""
     import pandas as pd
@@ -323,7 +302,7 @@ def log_dataset(index, context: str = "training") -> None:
     counts = index.counts()
     tags = {f"{split}_{cls}": str(n) for split, c in counts.items() for cls, n in c.items()}
     tags["fingerprint"] = index.fingerprint
-    mlflow.log_input(ds, context=context, tags=tags)
+    log_input(ds, context, tags)
     mlflow.set_tags({"dataset_name": name, "dataset_fingerprint": index.fingerprint,
                      "dataset_dir": index.spec.data_dir if index.spec else index.root})
     mlflow.log_dict(index.summary(), "data/dataset.json")

@@ -10,15 +10,20 @@ but not yet logged when the process died is logged on resume).
 
 The folder is ``<store folder>/checkpoints/<run id>`` for a local store (beside ``mlflow.db``) and
 dfk's cache folder for a tracking server, kept until the run ends FINISHED.
+
+:class:`Checkpoints` is the one object training asks about all this: whether the run is fresh or
+resumed, where its best weights are, which epochs a phase still has to run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from dfk.errors import UserError
 
@@ -147,6 +152,100 @@ def discard(run_id: str) -> None:
         folder.parent.rmdir()  # the last one: no empty checkpoints/ left beside the store
     except OSError:
         pass
+
+
+class Checkpoints:
+    """A run's checkpoints as the steps of training use them, fresh or resumed: the one place that
+    knows whether the run resumes, so that no step asks.
+
+    ``resume_run_id`` continues that killed run from its checkpoint (its config from
+    :func:`resumable`); else the run is fresh, backed up every epoch when ``enabled`` (a sweep's trials
+    are not: a stopped trial is run again, not resumed)."""
+
+    def __init__(self, enabled: bool = True, resume_run_id: str | None = None) -> None:
+        self.resume_run_id = resume_run_id
+        self.enabled = enabled or bool(resume_run_id)
+        self.run_id = ""  # set by begin(), as are the two below
+        self.folder: Path | None = None  # None when not backed up
+        self.state = State()
+        self.best = Path(BEST)
+
+    def use_experiment(self, experiment: str | None) -> None:
+        """Select the run's experiment: a resumed run's own, whatever this command would pick."""
+        import mlflow
+
+        from dfk.runs import tracking
+
+        if self.resume_run_id:
+            mlflow.set_experiment(experiment_id=mlflow.get_run(self.resume_run_id).info.experiment_id)
+        else:
+            tracking.use_experiment(experiment)
+
+    def begin(self, active, scratch: Path, log_inputs: Callable[[], None]) -> None:
+        """Take up the checkpoint of the active run (``scratch`` holds the best weights of a run without
+        one). A fresh run logs its inputs (``log_inputs``); a resumed one the epochs its checkpoint
+        holds but its curves lack, and counts the resume in the tag ``dfk.resumed``."""
+        import mlflow
+
+        self.run_id = run_id = active.info.run_id
+        self.folder = checkpoint_dir(run_id) if self.enabled else None
+        self.best = (self.folder or scratch) / BEST  # written through BEST_PENDING when backed up
+        if not self.resume_run_id:
+            log_inputs()
+            return
+        self.state = State.load(self.folder)
+        redone = self._log_missing_epochs(run_id)
+        print(f"[dfk] resuming run {run_id} after epoch {len(self.state.epochs)}"
+              + (f" ({redone} epoch(s) logged from the checkpoint)" if redone else ""), flush=True)
+        mlflow.set_tag("dfk.resumed", str(int(active.data.tags.get("dfk.resumed", "0")) + 1))
+
+    def _log_missing_epochs(self, run_id: str) -> int:
+        """Log the epochs the checkpoint holds but the run's curves lack (the process died between the
+        backup and the metric write); the number logged."""
+        import mlflow
+
+        from dfk.training.fit import log_epoch
+
+        logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "loss")}
+        missing = [e for e in sorted(self.state.epochs) if e not in logged]
+        for epoch in missing:
+            log_epoch(epoch, self.state.epochs[epoch])
+        return len(missing)
+
+    def history(self) -> dict[str, list[float]]:
+        """The learning curves of the epochs done before this process (none for a fresh run)."""
+        return self.state.history()
+
+    def span(self, phase: str, first: int, epochs: int) -> tuple[int, int]:
+        """``(first epoch to run, epoch to end at)`` of a phase planned as ``epochs`` from ``first``:
+        after a resume, past the epochs done, and a phase the checkpoint says is over runs none."""
+        return self.state.next_epoch(first), self.state.phases_done.get(phase, first + epochs)
+
+    def best_weights(self, best_so_far: float):
+        """Keras' ``ModelCheckpoint`` of the best weights (lowest val_loss), beating ``best_so_far``."""
+        from keras.callbacks import ModelCheckpoint
+
+        return ModelCheckpoint(str(self.folder / BEST_PENDING if self.folder else self.best), monitor="val_loss",
+                               save_best_only=True, save_weights_only=True,
+                               initial_value_threshold=best_so_far if math.isfinite(best_so_far) else None)
+
+    def backup(self, phase: str, carried: list) -> list:
+        """The callbacks that back up each epoch of ``phase`` (:func:`run_backup`); none when not backed up."""
+        return [run_backup(self.folder, phase, self.state, carried)] if self.folder else []
+
+    def phase_over(self, phase: str, first: int, trained: int) -> int:
+        """Record that ``phase``, begun at ``first``, is over after this process trained ``trained``
+        epochs of it (early stopping included, so a resume skips it); the epoch it ended at."""
+        if not self.folder:
+            return first + trained
+        if phase not in self.state.phases_done:  # (early stopping records its own end)
+            end_phase(self.folder, self.state, phase, self.state.next_epoch(first))
+        return self.state.phases_done[phase]
+
+    def finished(self) -> None:
+        """The run finished: nothing left to resume."""
+        if self.folder:
+            discard(self.run_id)
 
 
 def resumable(run_id: str):

@@ -9,6 +9,7 @@ import time
 
 from dfk.data.scan import DataSpec
 from dfk.errors import UserError
+from dfk.runs.lifecycle import FAILED, end_status
 from dfk.settings import SETTINGS
 from dfk.tuning.space import load_space, sample
 from dfk.tuning.study import (INTERRUPTED_ATTR, RUN_ATTR, SURPLUS_ATTR, WORKER_ATTR, Session, SweepSpec, _end_trial_run,
@@ -36,18 +37,16 @@ def _objective(spec: SweepSpec, session: Session, space, index):
         try:
             result = train(cfg, experiment=session.experiment, parent_run_id=session.parent_run_id, index=index,
                            callbacks=callbacks, tags=tags, checkpoint=False)
-        except optuna.TrialPruned:
-            _close_trial_run(trial, "KILLED", "PRUNED")
-            raise
         except KeyboardInterrupt:  # stopped, not finished: another worker runs a trial in its place
             trial.set_user_attr(INTERRUPTED_ATTR, True)
             raise
-        except Exception:
-            _close_trial_run(trial, "FAILED", "FAIL")
+        except Exception as exc:  # pruned: KILLED, as a stopped run; else FAILED
+            pruned = isinstance(exc, optuna.TrialPruned)
+            _close_trial_run(trial, end_status(exc, stops=(optuna.TrialPruned,)), "PRUNED" if pruned else "FAIL")
             raise
         values = [v for v in result.history.get(spec.objective, []) if math.isfinite(v)]
         if not values:
-            _close_trial_run(trial, "FAILED", "FAIL")
+            _close_trial_run(trial, FAILED, "FAIL")
             raise UserError(f"trial {trial.number} produced no finite {spec.objective}")
         value = max(values) if spec.direction == "maximize" else min(values)
         trial.set_user_attr("epochs_trained", len(result.history.get("loss", [])))
@@ -147,10 +146,12 @@ def _run_trials(spec: SweepSpec, session: Session, seed: int | None, index=None)
 def _worker(spec: SweepSpec, session: Session, seed: int | None) -> None:  # pragma: no cover - a child process
     import signal
 
+    from dfk.runs import entry
     from dfk.runs.lifecycle import stop_as_interrupt
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     signal.signal(signal.SIGTERM, stop_as_interrupt)  # stopped by its parent: end the trial's run KILLED
+    entry.disown()  # under mlflow run, the entry point's run is the parent's: each trial is a run of its own
     try:
         _run_trials(spec, session, seed)
     except KeyboardInterrupt:
