@@ -6,7 +6,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 # Quiet TensorFlow's C++ start-up chatter; warnings and errors still show.
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test test-team test-all install clean
+.PHONY: demo test test-team test-spark test-all install clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,8 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 ## The main job on the built-in synthetic set: train, register, promote, check robustness
-## (./mlflow.db + ./mlruns), leaving models:/deepfake-detector@champion.
+## (./mlflow.db + ./mlruns), leaving models:/deepfake-detector@champion. Run again, it reuses every
+## step that finished with the same inputs; DEMO_PARAMS="-P force=true" redoes them.
 demo: $(BIN)/.installed
 	$(BIN)/mlflow run . --env-manager local --experiment-name dfk $(DEMO_PARAMS)
 	@echo "Open the MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  ->  http://127.0.0.1:5000"
@@ -29,6 +30,15 @@ test: $(BIN)/.installed
 ## A team's setup for real: PostgreSQL (Debian's package), mlflow server, basic-auth (a few minutes).
 test-team: $(BIN)/.installed
 	$(BIN)/pytest -m integration
+
+## Batch scoring on Spark in local mode (`dfk score-spark`): PySpark, the `spark` extra, and a Java
+## runtime, 17 or later (Debian: apt-get install default-jre-headless); about two minutes.
+test-spark: $(BIN)/.installed $(BIN)/.spark-installed
+	$(BIN)/pytest -m spark
+
+$(BIN)/.spark-installed: pyproject.toml
+	$(BIN)/pip install --quiet -e ".[test,spark]"
+	touch $@
 
 ## Everything, slow learning and integration tests included (what CI runs after `make test`).
 test-all: $(BIN)/.installed

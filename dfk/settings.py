@@ -32,9 +32,14 @@ class Settings:
     # Test ROC-AUC the challenger must gain over the champion on the same test split to replace it.
     promotion_margin: float = 0.005
     # What the whole job trains: comma-separated architectures, arch:key=value overriding a
-    # parameter for one. srm learns the built-in set's traces from scratch; resnet is the notebook's
-    # transfer model (ImageNet weights where reachable), kept to one small epoch offline.
-    archs: str = "srm,resnet:epochs=1:image_size=32"
+    # parameter for one. srm learns forgery traces from scratch; resnet is the notebook's transfer
+    # model (ImageNet weights where reachable). On a folder of the user's each trains with its own
+    # defaults (the notebook's 256 px, full epochs).
+    archs: str = "srm,resnet"
+    # The demo's shortening, on the built-in set only, beneath an archs entry's own overrides: a
+    # frozen ImageNet backbone learns little from 64 px synthetic traces, so resnet gets one small
+    # epoch there and the demo ends in minutes on a CPU.
+    demo_overrides: str = "resnet:epochs=1:image_size=32"
     # Robustness check of the champion: default, all, none or a list such as jpeg:50,blur.
     perturb: str = "default"
     # Trials a sweep adds to its study.

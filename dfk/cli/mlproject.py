@@ -1,8 +1,9 @@
 """Render the MLproject file from :class:`dfk.config.TrainConfig` and the ``dfk`` commands themselves.
 
-Each entry point runs one ``dfk`` command (``python -m dfk ...``); its parameters' defaults, help
-and flags are read from that command (whose defaults come from :data:`dfk.settings.SETTINGS`), so
-an entry point and the command it stands for cannot drift apart.
+Each entry point runs one ``dfk`` command (``python -m dfk ...``), or for a pipeline its command in
+:mod:`dfk.cli.pipelines` (``python -m dfk.cli.pipelines ...``, whose ``main`` is ``dfk main`` itself); its
+parameters' defaults, help and flags are read from that command (whose defaults come from
+:data:`dfk.settings.SETTINGS`), so an entry point and the command it stands for cannot drift apart.
 ``python -m dfk.cli.mlproject > MLproject`` rewrites the file; a test checks the committed file matches.
 """
 
@@ -24,6 +25,7 @@ ENTRY_PARAMS = (
     "data_dir", "image_size", "batch_size", "epochs", "learning_rate", "patience", "warmup_epochs", "lr_patience",
     "weights",
     "fine_tune_at", "fine_tune_lr", "fine_tune_epochs", "augment", "target_fpr", "strategy", "mixed_precision", "seed",
+    "faces",
 )
 
 
@@ -53,6 +55,8 @@ _TRAIN_HINTS = typing.get_type_hints(TrainConfig)
 _TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 _TRAIN_COMMENTS = field_comments(TrainConfig)
 _UNSET = object()
+#: Entry points that run a pipeline (``python -m dfk.cli.pipelines NAME``): its finished steps are reused.
+PIPELINES = ("main", "sweep", "prepare", "generalization")
 
 
 def train_param(name: str, flag: str = "-P") -> Param:
@@ -65,7 +69,10 @@ def train_param(name: str, flag: str = "-P") -> Param:
 def _command(words: tuple[str, ...]):
     import typer
 
-    from dfk.cli import app
+    if words[0] in PIPELINES:
+        from dfk.cli.pipelines import app
+    else:
+        from dfk.cli import app
 
     command = typer.main.get_command(app)
     for word in words:
@@ -83,7 +90,7 @@ def option(words: tuple[str, ...], name: str, as_name: str | None = None, defaul
     value = p.default if default is _UNSET else default
     if value is None and not p.required:
         value = ""
-    value = str(value) if isinstance(value, Path) else value
+    value = str(value) if isinstance(value, Path) else str(value).lower() if isinstance(value, bool) else value
     flag = None if p.param_type_name == "argument" else max(p.opts, key=len)
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return Param(as_name or name, value, p.help or "", flag, number, path)
@@ -92,9 +99,20 @@ def option(words: tuple[str, ...], name: str, as_name: str | None = None, defaul
 def _commands() -> dict[str, tuple[tuple[str, ...], tuple[Param, ...]]]:
     """Entry points other than the architectures: name -> (dfk command words, parameters)."""
     main, evaluate, tune, gradcam = ("main",), ("evaluate",), ("tune",), ("gradcam",)
+    sweep, prepare, generalization = ("sweep",), ("prepare",), ("generalization",)
     return {
         "main": (main, (train_param("data_dir", "--data-dir"), option(main, "archs", default=SETTINGS.archs),
-                        train_param("image_size"), train_param("epochs"), option(main, "perturb"))),
+                        train_param("image_size"), train_param("epochs"), option(main, "perturb"), option(main, "force"))),
+        "sweep": (sweep, (train_param("arch", "--arch"), train_param("data_dir", "--data-dir"),
+                          *(option(sweep, n) for n in ("n_trials", "objective", "pruner", "study_name", "workers", "margin")),
+                          train_param("epochs"), train_param("image_size"), option(sweep, "force"))),
+        "prepare": (prepare, (option(prepare, "data_dir", default="builtin"), option(prepare, "out"),
+                              option(prepare, "faces_from"), option(prepare, "force"))),
+        "generalization": (generalization, (train_param("data_dir", "--data-dir"),
+                                            *(option(generalization, n) for n in ("archs", "out", "photos", "test",
+                                                                                  "leave_out_train")),
+                                            train_param("epochs"), train_param("image_size"),
+                                            option(generalization, "force"))),
         "evaluate": (evaluate, (option(evaluate, "model", "model_uri", default=SETTINGS.champion_uri),
                                 option(evaluate, "data_dir"), option(evaluate, "perturb"))),
         # No storage parameter: mlflow run logs every -P value as a run parameter, a password included,
@@ -134,7 +152,8 @@ def render() -> str:
         lines += [f"  {name}:", "    parameters:"]
         for p in params:
             lines += [f"      # {p.comment}", f"      {p.yaml()}"]
-        command = " ".join(["python -m dfk", *words, *(p.arg() for p in params)])
+        module = "dfk.cli.pipelines" if words[0] in PIPELINES else "dfk"
+        command = " ".join([f"python -m {module}", *words, *(p.arg() for p in params)])
         lines += [f"    command: \"{command}\"", ""]
     return "\n".join(lines)
 

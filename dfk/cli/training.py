@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from typing import Annotated, Optional
 
 import typer
@@ -43,8 +42,10 @@ def train(
             typer.echo(f"dfk: resuming run {resume} with its own parameters; ignoring {', '.join(ignored)}", err=True)
     else:
         cfg = TrainConfig.from_overrides(overrides, arch=arch, data_dir=data_dir)
-    entry = os.environ.get("MLFLOW_RUN_ID") if resume else None  # mlflow run's own run, left open beside it
+    from dfk.runs.entry import entry_run
     from dfk.runs.liveness import Heartbeat
+
+    entry = entry_run() if resume else None  # mlflow run's own run, left open beside it
 
     if entry:
         import mlflow
@@ -93,20 +94,23 @@ def main_cmd(
     param: ParamOption = None,
     archs: Annotated[Optional[str], typer.Option(
         help="Comma-separated architectures to train; arch:key=value overrides a parameter for one. "
-             "Default: " + SETTINGS.archs)] = None,
+             f"Default: {SETTINGS.archs} (on the built-in set shortened by {SETTINGS.demo_overrides}).")] = None,
     perturb: Annotated[str, typer.Option(help="Robustness check of the champion: default, all, none or a list.")] = SETTINGS.perturb,
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the training runs.")] = SETTINGS.experiment,
+    force: Annotated[bool, typer.Option("--force", help=(
+        "Redo every step; by default a step that already finished with the same parameters, data and code "
+        "is reused."))] = False,
 ) -> None:
     """The whole job: train each arch, register the best, promote behind the gate, check robustness."""
-    from dfk.config import parse_archs
-    from pipelines.main import run_main
+    from pipelines.main import configs, run_main
 
     base = TrainConfig.from_overrides(parse_overrides(param, ctx), data_dir=data_dir)
     archs = archs or SETTINGS.archs
-    parse_archs(archs, base)  # bad entries fail here, before TensorFlow starts
+    configs(archs, base)  # bad entries fail here, before TensorFlow starts
     _quiet_tensorflow()
-    r = run_main(base, archs, experiment, perturb)
-    typer.echo(f"trained: {', '.join(f'{a} {rid}' for a, rid in r.run_ids.items())}")
+    r = run_main(base, archs, experiment, perturb, force)
+    typer.echo(f"trained: {', '.join(f'{a} {rid}' for a, rid in r.run_ids.items())}"
+               + (f" (reused steps: {', '.join(r.reused)})" if r.reused else ""))
     typer.echo(f"champion: {r.champion_uri} (version {r.champion_version}); robustness run {r.evaluation_run_id}")
     typer.echo(f"serve it: mlflow models serve -m {r.champion_uri} --env-manager local -p 5001")
     typer.echo(f"see it:   dfk app {r.champion_uri}   (then open http://127.0.0.1:{SETTINGS.app_port})")

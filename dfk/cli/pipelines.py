@@ -1,0 +1,151 @@
+"""``python -m dfk.cli.pipelines PIPELINE``: the pipelines' command lines, the MLproject's entry points for them.
+
+``main`` is ``dfk main`` itself. An MLproject passes every parameter a value, so there ``--force``
+arrives as ``--force true|false`` and is read as the flag (:func:`flags_from_values`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from dfk.cli.common import (TRAINING_OVERRIDES, ArchOption, DataDirOption, ParamOption, _quiet_tensorflow, _unset,
+                            parse_overrides, user_errors)
+from dfk.cli.training import main_cmd
+from dfk.config import TrainConfig
+from dfk.errors import UserError
+from dfk.settings import SETTINGS
+
+app = typer.Typer(name="python -m dfk.cli.pipelines", help="The multi-step workflows; a finished step with the same inputs "
+                  "is reused.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+app.command("main", context_settings=TRAINING_OVERRIDES)(main_cmd)
+
+ForceOption = Annotated[bool, typer.Option("--force", help=(
+    "Redo every step; by default a step that already finished with the same parameters, data and code is reused."))]
+
+
+@app.command(context_settings=TRAINING_OVERRIDES)
+@user_errors
+def sweep(
+    ctx: typer.Context,
+    arch: ArchOption = None,
+    data_dir: DataDirOption = None,
+    param: ParamOption = None,
+    n_trials: Annotated[int, typer.Option(help="Trials the sweep adds to its study.")] = SETTINGS.n_trials,
+    objective: Annotated[str, typer.Option(help="Per-epoch validation metric to optimise.")] = SETTINGS.objective,
+    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = SETTINGS.pruner,
+    study_name: Annotated[Optional[str], typer.Option(help="Resume this study (or start it); default: a new one.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes working on the same study.")] = SETTINGS.workers,
+    margin: Annotated[float, typer.Option(min=0.0, help="ROC-AUC the best trial must gain to become champion.")] = SETTINGS.promotion_margin,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the pipeline's runs.")] = SETTINGS.experiment,
+    force: ForceOption = False,
+) -> None:
+    """Optuna sweep, then register its best trial and promote it behind the gate."""
+    from dfk.tuning.study import SweepSpec
+    from pipelines.sweep import run_sweep
+
+    base = TrainConfig.from_overrides(parse_overrides(param, ctx), arch=arch, data_dir=data_dir)
+    _quiet_tensorflow()
+    spec = SweepSpec(base=base, n_trials=n_trials, objective=objective, pruner=pruner, study_name=study_name or "",
+                     workers=workers)
+    r = run_sweep(spec, experiment, margin, force)
+    typer.echo(f"best trial run {r.best_run_id}: {SETTINGS.model_name} version {r.registered_version}; "
+               f"champion version {r.champion_version}{' (promoted)' if r.promoted else ''}")
+
+
+@app.command()
+@user_errors
+def prepare(
+    data_dir: DataDirOption = None,
+    out: Annotated[Optional[str], typer.Option(help=(
+        "Write a synthetic set into this new folder first and inspect that (under mlflow run give an absolute "
+        "path); default: inspect DATA_DIR."))] = None,
+    train: Annotated[Optional[int], typer.Option(help="Images per class in Train of the synthetic set.")] = None,
+    validation: Annotated[Optional[int], typer.Option(help="Images per class in Validation.")] = None,
+    test: Annotated[Optional[int], typer.Option(help="Images per class in Test.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Generator seed of the synthetic set.")] = None,
+    shifted: Annotated[bool, typer.Option(help="Forgery parameters the default set never uses.")] = False,
+    val_split: Annotated[float, typer.Option(help="Validation (and test) fraction for flat folders.")] = TrainConfig.val_split,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the pipeline's runs.")] = SETTINGS.experiment,
+    force: ForceOption = False,
+    faces_from: Annotated[Optional[str], typer.Option(help=(
+        "Folder of real and fake videos and photos to cut face crops from into --out (dfk data prepare), "
+        "instead of a synthetic set."))] = None,
+) -> None:
+    """Synthesise a set (with --out), cut face crops from videos (--faces-from, --out) or take a folder, then
+    inspect it: counts, bad files, format leakage."""
+    import dataclasses
+
+    from dfk.data.synth import SynthSpec
+    from pipelines.prepare import run_prepare
+
+    if _unset(faces_from):
+        from dfk.data.prepare import PrepareSpec
+
+        if not _unset(out):
+            raise UserError("name the folder to write the face crops into (--out)")
+        _quiet_tensorflow()
+        r = run_prepare(faces=PrepareSpec(faces_from, out, val_split=val_split), val_split=val_split,
+                        experiment=experiment, force=force)
+        typer.echo(f"{r.data_dir}: {r.faces['faces_written']} face crops of {r.faces['sources']} sources, "
+                   f"{len(r.faces['failed'])} files failed; fingerprint {r.fingerprint}, " + (
+                       f"warning: {', '.join(r.leaks)} alone tell fakes from reals" if r.leaks else "no format leakage"))
+        return
+    given = dict(train=train, validation=validation, test=test, seed=seed, shifted=shifted or None)
+    spec = dataclasses.replace(SynthSpec(), **{k: v for k, v in given.items() if v is not None}) if _unset(out) else None
+    r = run_prepare(data_dir or "builtin", spec, _unset(out), val_split, experiment, force)
+    typer.echo(f"{r.data_dir}: fingerprint {r.fingerprint}, {r.bad_files} bad files; "
+               + (f"warning: {', '.join(r.leaks)} alone tell fakes from reals" if r.leaks else "no format leakage"))
+
+
+@app.command(context_settings=TRAINING_OVERRIDES)
+@user_errors
+def generalization(
+    ctx: typer.Context,
+    data_dir: DataDirOption = None,
+    param: ParamOption = None,
+    archs: Annotated[str, typer.Option(help="Comma-separated architectures; arch:key=value overrides one.")] = "srm",
+    out: Annotated[Optional[str], typer.Option(help="Folder of the synthetic held-out sets; default: beside the tracking store.")] = None,
+    photos: Annotated[str, typer.Option(help="Folder of photographs for the cross-domain set, or builtin.")] = "builtin",
+    test: Annotated[int, typer.Option(help="Test images per class of every held-out set.")] = 150,
+    leave_out_train: Annotated[int, typer.Option(help="Training images per class of each set without one kind.")] = 500,
+    force: ForceOption = False,
+) -> None:
+    """In-domain, cross-manipulation (leave one kind out) and cross-domain ROC-AUC per architecture."""
+    from pipelines.generalization import EXPERIMENT, run_generalization
+
+    base = TrainConfig.from_overrides(parse_overrides(param, ctx), data_dir=data_dir)
+    _quiet_tensorflow()
+    for row in run_generalization(base, archs, _unset(out), photos, test, leave_out_train, experiment=EXPERIMENT, force=force):
+        typer.echo(f"{row['arch']}: in-domain {row['in_domain']:.3f}, cross-manipulation {row['cross_manipulation']:.3f}, "
+                   f"cross-domain {row['cross_domain']:.3f}")
+
+
+#: Words a pipeline's MLproject parameter ``force`` may hold (mlflow run gives every parameter a value).
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def flags_from_values(argv: list[str], flags: tuple[str, ...] = ("--force",)) -> list[str]:
+    """``argv`` with ``--force true|false`` (how an MLproject entry point passes a yes/no parameter)
+    as the command's flag: ``--force`` or nothing; a bare ``--force`` stays."""
+    out, rest = [], list(argv)
+    while rest:
+        word = rest.pop(0)
+        if word in flags and rest and not rest[0].startswith("-"):
+            value = rest.pop(0).strip().lower()
+            if value not in TRUE + FALSE:
+                import sys
+
+                print(f"dfk: error: {word} takes true or false, got {value!r}", file=sys.stderr)
+                raise SystemExit(2)
+            out += [word] if value in TRUE else []
+        else:
+            out.append(word)
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    app(args=flags_from_values(sys.argv[1:]), prog_name="python -m dfk.cli.pipelines")
