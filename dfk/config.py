@@ -58,7 +58,11 @@ class TrainConfig:
     # Halve the learning rate after each epoch (after the warm-up) that does not improve val_loss for
     # this many epochs (ReduceLROnPlateau); 0 keeps it constant as the notebook did.
     lr_patience: int = 1
-    # auto | imagenet | none | path to a weights file; auto falls back to random when offline.
+    # auto | imagenet | none | backbone:PATH | model:PATH. auto: ImageNet weights when Keras has them
+    # cached (dfk weights fetch) or can download them, else random; imagenet: the same, an error offline.
+    # backbone:PATH: a no-top Keras weights file for a transfer model's backbone; model:PATH: the whole
+    # model's weights (Model.save_weights) for a model trained from scratch; a bare PATH: whichever of the
+    # two the architecture takes (dfk weights fetch --help names those with ImageNet weights).
     weights: str = "auto"
     # Unfreeze this many backbone layers for a second phase; 0 keeps the notebook's frozen backbone.
     fine_tune_at: int = 0
@@ -95,6 +99,9 @@ class TrainConfig:
     seed: int = 42
     # Test images shown in the Grad-CAM gallery of each run.
     gradcam_images: int = 8
+    # Train on face crops (a folder `dfk data prepare` wrote): the model records the folder's crop rule and
+    # scoring finds and cuts faces the same way, one verdict per face; off: whole images, as the notebook.
+    faces: bool = False
 
     def __post_init__(self) -> None:
         # Fields left to "auto" are resolved here and remembered, so that replace(arch=...) resolves
@@ -173,6 +180,8 @@ class TrainConfig:
         _check(0 <= self.aug_brightness <= 1, f"aug_brightness must be in [0, 1], got {self.aug_brightness}")
         _check(1 <= self.aug_jpeg_quality <= 100, f"aug_jpeg_quality must be in [1, 100], got {self.aug_jpeg_quality}")
         _check(0 <= self.aug_blur_sigma <= 10, f"aug_blur_sigma must be in [0, 10], got {self.aug_blur_sigma}")
+        _check(not (self.faces and self.data_dir == BUILTIN_DATA),
+               "faces=true needs a folder of face crops (dfk data prepare SRC OUT writes one); the built-in set has no faces")
 
 
 #: Fields whose None default means "the architecture's or the data's own", resolved on construction.

@@ -15,6 +15,7 @@ import typer
 
 # Each module registers its commands on app; this order is the order `dfk --help` lists them in.
 from dfk.cli import training, data, registry, explain  # noqa: F401, I001
+from dfk.cli import weights, spark  # noqa: F401, I001
 from dfk.cli.common import OFFLINE_COMMANDS, _fail, app
 from dfk.errors import unreachable_server
 
@@ -26,12 +27,28 @@ def _everywhere(
         "--tracking-uri", envvar="MLFLOW_TRACKING_URI", show_envvar=True,
         help="MLflow tracking store or server (sqlite:///..., http://host:5000, databricks); default: "
              "MLflow's own (sqlite:///mlflow.db here).")] = None,
+    verbose: Annotated[bool, typer.Option(
+        "--verbose", "-v", envvar="DFK_VERBOSE", show_envvar=True,
+        help="Show TensorFlow's own start-up lines (oneDNN, CUDA, devices), which dfk hides by default.")] = False,
 ) -> None:
     """DeepFake-vs-Real image classifier as an MLflow workflow."""
+    if verbose:  # decided here, before any command imports TensorFlow (which reads it once, at load)
+        import dfk
+
+        dfk.set_verbose()
     if tracking_uri:  # the environment, so that worker processes and mlflow run's children see it too
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     asks_help = ctx.resilient_parsing or any(a in ("--help", "-h") for a in sys.argv[1:])
-    if ctx.invoked_subcommand in OFFLINE_COMMANDS or asks_help:
+    if asks_help:
+        return
+    import importlib.util
+
+    # `pip install dfk` alone brings no TensorFlow on x86_64: the cpu or gpu extra chooses the build.
+    if ctx.invoked_subcommand not in (*OFFLINE_COMMANDS, "compare", "register") and \
+            importlib.util.find_spec("tensorflow") is None:
+        _fail("TensorFlow is not installed; pip install 'dfk[cpu]', or 'dfk[gpu]' on a machine with an NVIDIA GPU "
+              "(from a checkout: pip install -e '.[cpu]')")
+    if ctx.invoked_subcommand in (*OFFLINE_COMMANDS, "weights"):
         return
     if tracking_uri and (why := unreachable_server(tracking_uri)):
         _fail(why)

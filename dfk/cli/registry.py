@@ -59,8 +59,12 @@ def evaluate(
     perturb: Annotated[Optional[str], typer.Option(help="all, default, or e.g. jpeg:50,blur (every level of blur).")] = None,
     split: Annotated[str, typer.Option(help="Split to score: test, validation or train.")] = "test",
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the evaluation run.")] = SETTINGS.eval_experiment,
+    frames: Annotated[str, typer.Option(help="A folder of videos: frames scored per video, a count (16) or a rate (2fps).")] = "16",
+    aggregate: Annotated[str, typer.Option(help="A folder of videos: a video's score from its frames', mean, max or median.")] = "mean",
 ) -> None:
-    """Score a model on a folder and log an evaluation run (metrics, plots, report, robustness)."""
+    """Score a model on a folder and log an evaluation run (metrics, plots, report, robustness).
+
+    A Fake|Real folder of videos gets video-level metrics (test_*) and frame-level ones (test_frame_*)."""
     from dfk.data.scan import SPLITS
     from dfk.evaluation.scoring import ROBUST_METRICS, parse_perturbations
 
@@ -70,10 +74,13 @@ def evaluate(
     _quiet_tensorflow()
     from dfk.evaluation.scoring import evaluate_model
 
-    run_id, score, data = evaluate_model(model, _unset(data_dir), perturbations, experiment, split)
+    run_id, score, data = evaluate_model(model, _unset(data_dir), perturbations, experiment, split, frames, aggregate)
     typer.echo(f"scored on {data}")
     m = score.clean.metrics
-    typer.echo(f"clean: ROC-AUC {m['roc_auc']:.4f}  EER {m['eer']:.4f}  accuracy {m['accuracy']:.4f}")
+    typer.echo(f"{'video level' if score.frames else 'clean'}: ROC-AUC {m['roc_auc']:.4f}  EER {m['eer']:.4f}  accuracy {m['accuracy']:.4f}")
+    if score.frames:
+        f = score.frames.metrics
+        typer.echo(f"frame level: ROC-AUC {f['roc_auc']:.4f}  EER {f['eer']:.4f}  accuracy {f['accuracy']:.4f}")
     for (kind, level), r in score.robust.items():
         typer.echo(f"{kind:<10} {str(level):<6} " + "  ".join(f"{k} {r[k]:.4f}" for k in ROBUST_METRICS))
     for p, reason in score.skipped:
@@ -91,7 +98,15 @@ def compare(
         "Where to save the bar chart PNG; default: compare.png here (under mlflow run, whose working "
         "folder is the project checkout, only in the comparison run)."))] = None,
 ) -> None:
-    """Training runs side by side (arch, key params, val/test metrics, duration) and a bar chart."""
+    """Training runs side by side, best first by METRIC; logs a comparison run with the chart.
+
+    Columns: arch, key params, metrics under their MLflow names, duration.
+    Also logs a comparison run (tagged dfk_compare=true; in --experiment,
+    else the dfk experiment; under mlflow run, the entry point's own run)
+    holding the bar chart of METRIC and compare.csv. The chart also goes to
+    --chart, else ./compare.png (under mlflow run only into that run,
+    printed as runs:/<id>/compare.png).
+    """
     if format not in ("table", "json", "csv"):
         raise UserError(f"format must be table, json or csv, got {format!r}")
     _quiet_tensorflow()
@@ -111,7 +126,7 @@ def compare(
 
         t = Table(*table.columns)
         for row in table.itertuples(index=False):
-            t.add_row(*[_cell(v, whole=c == "epochs") for c, v in zip(table.columns, row)])
+            t.add_row(*[_cell(v, whole=c == "epochs_trained") for c, v in zip(table.columns, row)])
         console = Console(soft_wrap=True)
         if not console.is_terminal:  # piped or under mlflow run: whole columns, not an 80-column squeeze
             console = Console(soft_wrap=True, width=1000)

@@ -6,6 +6,9 @@ Two layouts are understood, folder names matched case-insensitively:
 * flat: ``Fake|Real / *.jpg``; validation and test are carved out by a stable hash of each
   file's relative path, so adding files never moves existing ones between splits.
 
+A folder whose only meaningful child holds the layout (the Kaggle archive unpacks to
+``Dataset/Train|Validation|Test``) is opened there, and the folder used is said on stderr.
+
 Every image's header is read (not its pixels) so that non-images and decompression bombs are
 listed as bad files before training starts; the pipeline skips files that fail later.
 """
@@ -19,18 +22,13 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from dfk.config import BUILTIN_DATA, TrainConfig
+from dfk.data.layout import (CLASSES, EXPECTED, SPLIT_ALIASES, SPLITS, _candidates, _children,  # noqa: F401
+                             _class_dirs, _is_hidden, _split_of, _walk_files, locate)
 from dfk.errors import UserError
 
-SPLITS = ("train", "validation", "test")
-SPLIT_ALIASES = {
-    "train": "train", "training": "train",
-    "validation": "validation", "valid": "validation", "val": "validation",
-    "test": "test", "testing": "test",
-}
-CLASSES = {"real": 0, "fake": 1}
 
 
 @dataclass(frozen=True)
@@ -43,6 +41,7 @@ class ImageInfo:
     file_bytes: int
     jpeg_quality: int  # estimated from the quantisation tables; 0 when not a JPEG
     mode: str
+    orientation: int = 1  # EXIF orientation 1..8; 0 when only decoding could tell (a PNG's EXIF may follow its pixels)
 
 
 @dataclass(frozen=True)
@@ -94,6 +93,7 @@ class DatasetIndex:
     info: dict[str, ImageInfo] = field(default_factory=dict)
     fingerprint: str = ""
     spec: DataSpec | None = None  # how it was opened (set by open_data)
+    headers_cached: int = 0  # header checks reused from an earlier scan (HeaderCache), not read again
 
     def paths(self, split: str) -> list[str]:
         return [p for p, _ in self.samples[split]]
@@ -119,53 +119,6 @@ class DatasetIndex:
         }
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".") or name.startswith("__")
-
-
-def _children(d: Path) -> list[Path]:
-    try:
-        return sorted(p for p in d.iterdir() if not _is_hidden(p.name))
-    except PermissionError:
-        raise UserError(f"cannot read folder {d} (permission denied); fix its permissions") from None
-
-
-def _walk_files(d: Path) -> Iterable[Path]:
-    for dirpath, dirnames, filenames in os.walk(d):
-        dirnames[:] = sorted(n for n in dirnames if not _is_hidden(n))
-        for name in sorted(filenames):
-            if not _is_hidden(name):
-                yield Path(dirpath) / name
-
-
-def _class_dirs(d: Path, where: str) -> dict[int, Path]:
-    found: dict[int, Path] = {}
-    unknown = []
-    for child in _children(d):
-        if not child.is_dir():
-            continue
-        label = CLASSES.get(child.name.lower())
-        if label is None:
-            unknown.append(child.name)
-        else:
-            found[label] = child
-    if unknown:
-        raise UserError(
-            f"unknown class folder {', '.join(map(repr, unknown))} in {where}; class folders must be named Fake and Real"
-        )
-    return found
-
-
-def _split_of(rel: str, val_split: float, seed: int) -> str:
-    h = hashlib.sha256(f"{seed}:{rel}".encode()).digest()
-    u = int.from_bytes(h[:8], "big") / 2**64
-    if u < val_split:
-        return "validation"
-    if u < 2 * val_split:
-        return "test"
-    return "train"
-
-
 # libjpeg's standard luminance table, for estimating the quality a JPEG was saved at.
 _STD_LUMA_SUM = sum([
     16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -187,7 +140,7 @@ def jpeg_quality(im) -> int:
 def probe(path: str) -> ImageInfo:
     """Read one file's header; raises :class:`~dfk.data.decode.BadImage` for non-images, formats outside
     the allowlist and bombs (a JPEG is judged at the reduced scale training decodes it at)."""
-    from dfk.data.decode import BadImage, check_budget, open_header
+    from dfk.data.decode import BadImage, check_budget, header_orientation, open_header
 
     try:
         size = os.path.getsize(path)
@@ -197,13 +150,93 @@ def probe(path: str) -> ImageInfo:
         raise BadImage("empty file")
     with open_header(path) as im:
         try:
-            info = ImageInfo(im.format or "?", *im.size, size, jpeg_quality(im), im.mode)
+            info = ImageInfo(im.format or "?", *im.size, size, jpeg_quality(im), im.mode, header_orientation(im))
             check_budget(im, 1)
         except BadImage:
             raise
         except Exception as exc:  # a header Pillow opened but cannot describe
             raise BadImage(f"not an image ({type(exc).__name__})") from None
     return info
+
+
+#: Bump when what a header check records or refuses changes: older cached checks are then not used.
+HEADER_CACHE_VERSION = 1
+#: A file modified less than this long before it was read is read again next time, not cached: file
+#: times can be as coarse as a kernel tick, so a file rewritten within the tick it was read in would
+#: look unchanged (git's "racily clean" entries).
+_RACY_NS = 2_000_000_000
+
+
+class HeaderCache:
+    """Header checks of one folder kept between commands, in ``<dfk cache>/index/<folder hash>.json``.
+
+    A file whose size, modification time and inode are what they were when its header was read is
+    not read again; any other file is (new, replaced, rewritten, touched), and a removed one drops
+    out. A command on an unchanged folder of 100,000s of images then lists and stats it, no more.
+    """
+
+    def __init__(self, root: Path) -> None:
+        import json
+
+        from dfk.data.decode import MAX_DECODED_BYTES, MAX_PIXELS
+        from dfk.data.synth import cache_dir
+
+        self.root = str(root.resolve())
+        # Anything that changes what a check records or refuses makes older entries unusable.
+        self.key = [HEADER_CACHE_VERSION, MAX_PIXELS, MAX_DECODED_BYTES, [f.name for f in dataclasses.fields(ImageInfo)]]
+        self.path = cache_dir() / "index" / f"{hashlib.sha256(self.root.encode()).hexdigest()[:24]}.json"
+        self.old: dict[str, list] = {}
+        self.new: dict[str, list] = {}
+        self.hits = 0
+        try:
+            data = json.loads(self.path.read_text())
+            if data["key"] == self.key and data["root"] == self.root:
+                self.old = data["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # no cache yet, or one from another version: every header is read
+
+    def check(self, path: Path, rel: str) -> tuple[list, bool]:
+        """``[size, mtime_ns, inode, ImageInfo fields or None, error or None]`` for ``path``; and
+        whether it came from the cache. Thread-safe (reads only)."""
+        import time
+
+        from dfk.data.decode import BadImage
+
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            return [0, 0, 0, None, f"cannot read file ({exc.strerror})"], False
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        entry = self.old.get(rel)
+        if entry is not None and entry[:3] == stamp:
+            return entry, True
+        try:
+            entry = [*stamp, list(dataclasses.astuple(probe(str(path)))), None]
+        except BadImage as exc:
+            entry = [*stamp, None, str(exc)]
+        # The stat before the read: a file changed in between has a newer stamp next time, so is read again.
+        return entry if time.time_ns() - st.st_mtime_ns > _RACY_NS else [0, 0, 0, *entry[3:]], False
+
+    def keep(self, rel: str, entry: list, hit: bool) -> None:
+        self.hits += hit
+        if entry[0] or entry[1]:  # not racy
+            self.new[rel] = entry
+
+    def save(self) -> None:
+        """Write the checks of this scan (atomically; a cache that cannot be written is only slower)."""
+        import json
+        import tempfile
+
+        if self.new == self.old:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".index-", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                json.dump({"key": self.key, "root": self.root, "files": self.new}, f, separators=(",", ":"))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass
 
 
 def open_data(data_dir: str | os.PathLike, val_split: float = TrainConfig.val_split, seed: int = TrainConfig.seed,
@@ -229,59 +262,30 @@ def scan(
     progress: Callable[[int], None] | None = None,
 ) -> DatasetIndex:
     """Index ``data_dir``; raises :class:`UserError` for layouts no run could use."""
-    from dfk.data.decode import IMAGE_EXTENSIONS, BadImage
+    from dfk.data.decode import IMAGE_EXTENSIONS
 
-    root = Path(data_dir).expanduser()
-    if not root.exists():
-        raise UserError(f"data directory {root} does not exist; pass a folder with Train/Validation/Test or Fake/Real")
-    if not root.is_dir():
-        raise UserError(f"{root} is not a directory; pass a folder with Train/Validation/Test or Fake/Real")
-
-    top = {c.name.lower(): c for c in _children(root) if c.is_dir()}
-    splits_found = {SPLIT_ALIASES[n]: p for n, p in top.items() if n in SPLIT_ALIASES}
-    classes_found = {n for n in top if n in CLASSES}
-
-    candidates: list[tuple[str | None, int, Path]] = []  # (split or None, label, file)
-    if splits_found:
-        layout = "kaggle"
-        missing = [s for s in SPLITS if s not in splits_found]
-        if missing:
-            raise UserError(
-                f"{root} has no {', '.join(s.capitalize() for s in missing)} folder; the Kaggle layout needs "
-                "Train, Validation and Test (or use a flat Fake/Real folder with --val-split)"
-            )
-        for split in SPLITS:
-            sd = splits_found[split]
-            for label, cd in _class_dirs(sd, str(sd)).items():
-                candidates += [(split, label, f) for f in _walk_files(cd)]
-    elif classes_found:
-        layout = "flat"
-        for label, cd in _class_dirs(root, str(root)).items():
-            candidates += [(None, label, f) for f in _walk_files(cd)]
-    else:
-        raise UserError(
-            f"{root} has neither Train/Validation/Test nor Fake/Real folders; "
-            "lay the images out as Train|Validation|Test / Fake|Real"
-        )
+    root, layout, splits_found = locate(data_dir)
+    candidates = _candidates(root, layout, splits_found)
 
     images = [(s, y, f) for s, y, f in candidates if f.suffix.lower() in IMAGE_EXTENSIONS]
     index = DatasetIndex(str(root), layout, {s: [] for s in SPLITS}, ignored_files=len(candidates) - len(images))
 
+    headers = HeaderCache(root)
+
     def check(item):
-        try:
-            return item, probe(str(item[2])), None
-        except BadImage as exc:
-            return item, None, str(exc)
+        rel = item[2].relative_to(root).as_posix()
+        return item, rel, *headers.check(item[2], rel)
 
     digest = hashlib.sha256()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for n, ((split, label, f), info, err) in enumerate(pool.map(check, images), start=1):
+        for n, ((split, label, f), rel, entry, hit) in enumerate(pool.map(check, images), start=1):
             if progress is not None and n % 256 == 0:
                 progress(256)
-            if err is not None:
-                index.bad_files.append((str(f), err))
+            headers.keep(rel, entry, hit)
+            if entry[4] is not None:
+                index.bad_files.append((str(f), entry[4]))
                 continue
-            rel = f.relative_to(root).as_posix()
+            info = ImageInfo(*entry[3])
             split = split or _split_of(rel, val_split, seed)
             index.samples[split].append((str(f), label))
             index.info[str(f)] = info
@@ -289,6 +293,8 @@ def scan(
     if progress is not None:
         progress(len(images) % 256)
     index.fingerprint = digest.hexdigest()[:16]
+    index.headers_cached = headers.hits
+    headers.save()
 
     for split, counts in index.counts().items():
         for name, n in counts.items():
@@ -299,3 +305,82 @@ def scan(
                     + (f" ({len(index.bad_files)} unreadable files were skipped)" if index.bad_files else "")
                 )
     return index
+
+
+@dataclass
+class FolderCheck:
+    """What :func:`check_folder` learned: enough to tell whether a folder will train."""
+
+    root: str  # the folder holding the layout (inside the one given, for a Kaggle download)
+    layout: str
+    counts: dict[str, dict[str, int]]  # split -> class -> image files (by extension)
+    ignored_files: int  # files in the class folders that are not images by their extension
+    headers_read: int
+    bad_files: list[tuple[str, str]]  # among the headers read
+    bad_estimate: int  # bad files expected over the whole folder, from the sample
+    sampled: bool
+    problems: list[str]  # what would stop `dfk train`; empty when it will train
+
+    @property
+    def smallest(self) -> tuple[str, str, int]:
+        """(split, class, images) of the smallest class."""
+        return min(((s, c, n) for s, cs in self.counts.items() for c, n in cs.items()), key=lambda t: t[2])
+
+    def summary(self) -> dict:
+        split, name, n = self.smallest
+        return {**dataclasses.asdict(self), "bad_files": [{"path": p, "reason": r} for p, r in self.bad_files],
+                "smallest_class": {"split": split, "class": name, "images": n}, "will_train": not self.problems}
+
+
+def check_folder(data_dir: str | os.PathLike, val_split: float = TrainConfig.val_split, seed: int = TrainConfig.seed,
+                 sample: int = 200) -> FolderCheck:
+    """Whether ``data_dir`` will train, in seconds: the layout, files counted by listing only, and
+    at most ``sample`` headers read per split and class (every header when ``sample`` is 0).
+
+    :func:`scan` reads every header before training; this reads a sample, so a bad-file count over
+    the sample is an estimate. Raises :class:`UserError` for a folder with no usable layout.
+    """
+    import random
+
+    from dfk.data.decode import IMAGE_EXTENSIONS, BadImage
+
+    root, layout, splits = locate(data_dir)
+    candidates = _candidates(root, layout, splits)
+    groups: dict[tuple[str, int], list[Path]] = {(s, y): [] for s in SPLITS for y in CLASSES.values()}
+    for split, label, f in candidates:
+        if f.suffix.lower() in IMAGE_EXTENSIONS:
+            groups[(split or _split_of(f.relative_to(root).as_posix(), val_split, seed), label)].append(f)
+    images = sum(len(v) for v in groups.values())
+    rng = random.Random(seed)
+    picked = {k: v if not sample or len(v) <= sample else rng.sample(v, sample) for k, v in groups.items()}
+
+    def bad(f: Path) -> str | None:
+        try:
+            probe(str(f))
+            return None
+        except BadImage as exc:
+            return str(exc)
+
+    names = {y: c for c, y in CLASSES.items()}
+    bad_files: list[tuple[str, str]] = []
+    problems: list[str] = []
+    estimate = 0.0
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for (split, label), files in picked.items():
+            where = f"{split}/{names[label].capitalize()}"
+            reasons = list(pool.map(bad, files))
+            failed = [(str(f), r) for f, r in zip(files, reasons) if r is not None]
+            bad_files += failed
+            if files:
+                estimate += len(failed) / len(files) * len(groups[(split, label)])
+            if not groups[(split, label)]:
+                problems.append(f"no {names[label].capitalize()} images in the {split} split")
+            elif len(failed) == len(files):
+                problems.append(f"no readable image among the {len(files)} read in {where}")
+    return FolderCheck(
+        root=str(root), layout=layout,
+        counts={s: {names[y]: len(groups[(s, y)]) for y in sorted(names)} for s in SPLITS},
+        ignored_files=len(candidates) - images, headers_read=sum(len(v) for v in picked.values()),
+        bad_files=bad_files, bad_estimate=round(estimate), sampled=any(len(picked[k]) < len(groups[k]) for k in groups),
+        problems=problems,
+    )

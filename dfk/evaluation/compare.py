@@ -8,14 +8,17 @@ from pathlib import Path
 from dfk.errors import UserError
 from dfk.settings import SETTINGS
 
-#: Columns of the comparison, in order: (header, where in the run it comes from).
+#: Columns of the comparison, in order: (header, where in the run it comes from). A param, tag or
+#: metric is shown under its own MLflow name, so a column reads the same here, in the MLflow UI and
+#: in search_runs: test_accuracy is at the 0.5 threshold, test_accuracy_at_threshold at the run's own
+#: (chosen on validation), best_val_roc_auc on validation with the best weights.
 COLUMNS = (
     ("run", "run_id"), ("experiment", "experiment"), ("name", "tags.mlflow.runName"), ("arch", "tags.arch"),
-    ("weights", "tags.backbone_weights"), ("image_size", "params.image_size"), ("batch_size", "params.batch_size"),
-    ("learning_rate", "params.learning_rate"), ("epochs", "metrics.epochs_trained"),
-    ("val_auc", "metrics.best_val_roc_auc"), ("test_roc_auc", "metrics.test_roc_auc"),
-    ("test_accuracy", "metrics.test_accuracy_at_threshold"), ("test_eer", "metrics.test_eer"),
-    ("test_log_loss", "metrics.test_log_loss"), ("duration_s", "duration"),
+    ("backbone_weights", "tags.backbone_weights"), ("image_size", "params.image_size"),
+    ("batch_size", "params.batch_size"), ("learning_rate", "params.learning_rate"),
+    *((m, f"metrics.{m}") for m in ("epochs_trained", "best_val_roc_auc", "test_roc_auc", "test_accuracy",
+                                    "test_accuracy_at_threshold", "test_eer", "test_log_loss")),
+    ("duration_s", "duration"),
 )
 
 

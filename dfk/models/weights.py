@@ -1,8 +1,17 @@
-"""Where backbone weights come from: Keras' cache, a download, a user's file, or nowhere.
+"""Where a model's starting weights come from: Keras' cache, a download, a user's file, or nowhere.
 
-``auto`` uses ImageNet weights when Keras has them cached or can download them and otherwise
-falls back to random initialisation with one loud warning; the caller tags the run with the
-weights actually used.
+The ``weights`` parameter:
+
+* ``auto`` uses ImageNet weights when Keras has them cached or can download them and otherwise
+  falls back to random initialisation with one loud warning; ``imagenet`` insists (an error
+  offline); ``none`` starts from random. Only the transfer models (``ModelSpec.pretrained``) have
+  ImageNet weights; the caller tags the run with the weights actually used.
+* ``backbone:PATH``: a backbone-only ("no top") Keras weights file, such as the ImageNet file
+  ``dfk weights fetch`` leaves in Keras' cache; transfer models only.
+* ``model:PATH``: the weights of the whole model (``Model.save_weights``, a run's checkpoint);
+  the models trained from scratch only.
+* a bare ``PATH`` means whichever of the two the architecture takes (backbone for a transfer
+  model, whole model for the others), as it always has.
 """
 
 from __future__ import annotations
@@ -37,11 +46,67 @@ def _can_download(timeout: float = 3.0) -> bool:
         return False
 
 
+#: ``weights=backbone:PATH``: a backbone (no-top) weights file, for the transfer models.
+BACKBONE_PREFIX = "backbone:"
+#: ``weights=model:PATH``: a whole-model weights file, for the models trained from scratch.
+MODEL_PREFIX = "model:"
+
+
+def split_weights(weights: str) -> tuple[str, str]:
+    """``(kind, path)``: kind ``backbone`` or ``model`` for a prefixed value, ``path`` for a bare one,
+    else the keyword itself (auto, imagenet, none) and ""."""
+    if weights in ("auto", "imagenet", "none"):
+        return weights, ""
+    for kind, prefix in (("backbone", BACKBONE_PREFIX), ("model", MODEL_PREFIX)):
+        if weights.startswith(prefix):
+            return kind, weights[len(prefix):]
+    return "path", weights
+
+
+def _existing(path: str, weights: str) -> Path:
+    p = Path(path).expanduser()
+    if not path or not p.is_file():
+        raise UserError(f"weights file {path or '(none given)'} does not exist (weights={weights}); use auto, "
+                        "imagenet, none, backbone:PATH or model:PATH (see dfk params)")
+    return p
+
+
+class WeightsFileQuery(Exception):
+    """Raised by :func:`resolve_backbone_weights` for :data:`QUERY_FILE`: the cache file name of an
+    architecture's ImageNet weights, learnt before anything is built or downloaded."""
+
+    def __init__(self, file_name: str) -> None:
+        super().__init__(file_name)
+        self.file_name = file_name
+
+
+#: A ``weights`` value that only asks which file the ImageNet weights are (see :func:`imagenet_file`).
+QUERY_FILE = "\0which-file"
+
+
+def imagenet_file(arch: str) -> str | None:
+    """The file name Keras caches ``arch``'s ImageNet backbone weights under; None for an
+    architecture without them. The name lives beside the builder (dfk.models.applications), so
+    it is asked from there rather than written twice."""
+    from dfk.models import create_model, get_spec
+
+    spec = get_spec(arch)
+    if not spec.pretrained:
+        return None
+    try:
+        create_model(arch, spec.min_image_size, QUERY_FILE)
+    except WeightsFileQuery as answer:
+        return answer.file_name
+    raise RuntimeError(f"{arch}'s builder does not resolve its weights through resolve_backbone_weights")
+
+
 def resolve_backbone_weights(weights: str, file_name: str, arch: str) -> tuple[str | None, str]:
     """Translate the ``weights`` parameter into Keras' ``weights=`` argument and a tag value.
 
     Returns ``(keras_weights, used)`` where ``used`` is ``imagenet``, ``random`` or the file path.
     """
+    if weights == QUERY_FILE:
+        raise WeightsFileQuery(file_name)
     cached = cache_path(file_name)
     if weights == "none":
         return None, "random"
@@ -61,19 +126,25 @@ def resolve_backbone_weights(weights: str, file_name: str, arch: str) -> tuple[s
             "!" * 78, arch, cached, "!" * 78,
         )
         return None, "random"
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise UserError(f"weights file {weights} does not exist; use auto, imagenet, none or a path to a weights file")
+    kind, file = split_weights(weights)
+    if kind == "model":
+        raise UserError(f"{arch} starts from a backbone weights file (weights=backbone:PATH, a no-top Keras file such "
+                        f"as {file_name}); whole-model weights (model:PATH) are for the models trained from scratch")
+    path = _existing(file, weights)
     return str(path), str(path)
 
 
-def load_model_weights(model, path: str) -> str:
-    """Load a whole-model weights file (for architectures without a pretrained backbone)."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"weights file {path} does not exist; use auto, none or a path to a weights file")
+def load_model_weights(model, weights: str) -> str:
+    """Load a whole-model weights file (``model:PATH`` or a bare path) into ``model``, an architecture
+    without a pretrained backbone; the path loaded."""
+    kind, file = split_weights(weights)
+    if kind == "backbone":
+        raise UserError(f"{model.name} has no pretrained backbone to load {file} into; give the whole model's "
+                        "weights as weights=model:PATH")
+    p = _existing(file, weights)
     try:
         model.load_weights(str(p))
     except Exception as exc:  # Keras raises several types for a mismatched file
-        raise UserError(f"weights file {path} does not fit this model: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"weights file {file} does not fit this model ({model.name}): "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return str(p)

@@ -84,3 +84,98 @@ def precision(mixed_precision: str) -> Iterator[None]:
         yield
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+# ----------------------------------------------------------------------------- what TensorFlow sees
+#: Distributions that install the ``tensorflow`` package; more than one installed is a broken venv.
+TENSORFLOW_DISTRIBUTIONS = ("tensorflow", "tensorflow-cpu", "tensorflow-gpu", "tensorflow-intel", "tf-nightly")
+
+
+def nvidia_gpus(timeout: float = 10.0) -> list[str]:
+    """The GPUs NVIDIA's driver lists (``nvidia-smi -L``), by name; [] where there is no driver."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if out.returncode != 0:
+        return []
+    return [m.group(1).strip() for m in re.finditer(r"^GPU \d+: (.+?)(?: \(UUID: [^)]*\))?$", out.stdout, re.M)]
+
+
+def tensorflow_distributions() -> list[str]:
+    """Which of :data:`TENSORFLOW_DISTRIBUTIONS` pip has installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for dist in TENSORFLOW_DISTRIBUTIONS:
+        try:
+            version(dist)
+            found.append(dist)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+_announced = False
+
+
+def describe(announce: bool = True) -> dict[str, str]:
+    """What this process trains on, as run tags (``dfk.devices.*``, ``dfk.tensorflow.*``).
+
+    With ``announce``, prints it as one line, and one warning line on stderr where the machine has
+    an NVIDIA GPU TensorFlow cannot use (a CPU-only build, or a CUDA build that finds no GPU), or
+    where two TensorFlow builds are installed over each other; once per process (a tuning study
+    trains many runs in one).
+    """
+    global _announced
+    import os
+    import sys
+
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    names = []
+    for gpu in gpus:
+        try:
+            names.append(tf.config.experimental.get_device_details(gpu).get("device_name") or gpu.name)
+        except Exception:  # details are best effort; the device itself is what counts
+            names.append(gpu.name)
+    build = dict(tf.sysconfig.get_build_info())
+    cuda_build = bool(build.get("is_cuda_build"))
+    dists = tensorflow_distributions()
+    driver = nvidia_gpus()
+    tags = {
+        "dfk.tensorflow.version": tf.__version__,
+        "dfk.tensorflow.distribution": ",".join(dists) or "unknown",
+        "dfk.tensorflow.cuda_build": str(cuda_build).lower(),
+        "dfk.devices.gpus": str(len(gpus)),
+        "dfk.devices.nvidia_smi_gpus": str(len(driver)),
+    }
+    if cuda_build and build.get("cuda_version"):
+        tags["dfk.tensorflow.cuda_version"] = str(build["cuda_version"])
+    if names:
+        tags["dfk.devices.gpu_names"] = ", ".join(names)
+    if not announce or _announced:
+        return tags
+    _announced = True
+
+    kind = f"CUDA {build.get('cuda_version', '')} build".replace("  ", " ") if cuda_build else "CPU-only build"
+    seen = f"{len(gpus)} GPU ({', '.join(names)}) and the CPU" if gpus else "the CPU only"
+    print(f"[dfk] devices: TensorFlow {tf.__version__} ({kind}, {'+'.join(dists) or '?'}) sees {seen}", flush=True)
+    warning = None
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1")  # hidden on purpose
+    if len(dists) > 1:
+        warning = (f"{' and '.join(dists)} are both installed and overwrite each other's files; keep one: "
+                   f"pip uninstall -y {' '.join(dists)}, then pip install -e '.[gpu]' (or '.[cpu]')")
+    elif driver and not gpus and not hidden:
+        why = ("it is a CPU-only build (tensorflow-cpu); pip uninstall -y tensorflow-cpu && pip install -e '.[gpu]'"
+               if not cuda_build else
+               "it finds no usable GPU (CUDA or cuDNN libraries missing or not matching the driver); "
+               "pip install -e '.[gpu]' brings them, and dfk -v shows TensorFlow's own reasons")
+        warning = f"this machine has an NVIDIA GPU ({', '.join(driver)}) but TensorFlow trains on the CPU: {why}"
+    if warning:
+        print(f"dfk: warning: {warning}", file=sys.stderr, flush=True)
+    return tags
