@@ -36,68 +36,7 @@ PAGE = Path(__file__).with_name("page.html")
 DISPLAY_SIDE = 512
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_bytes: int = 20 * 1024 * 1024  # a 20 MB upload is far beyond any photo a detector needs
-    max_files: int = 12  # images per drop; the page refuses more with a message
-    max_waiting: int = 16  # requests queued for the model before the app answers 429
-    # An upload still arriving after this many seconds is answered 408 and its connection closed, so
-    # clients that trickle a body byte by byte free their connection (20 MB at 4 Mbit/s takes 40 s).
-    body_seconds: float = 60.0
-    # Connections uvicorn holds at once (its limit_concurrency; more are answered 503); the process's
-    # open-file limit is raised to fit them.
-    max_connections: int = 4096
-
-
-#: Host names a browser may call the app by, whatever address it is bound to (DNS rebinding: a
-#: foreign name that resolves to this machine is refused).
-LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
-_ANY_ADDRESS = ("0.0.0.0", "::", "")
-
-
-def allowed_hosts(host: str, extra=()) -> list[str]:
-    """Host names the app answers to when bound to ``host``: it, the local names, ``extra``; bound to
-    all interfaces, also this machine's name and addresses."""
-    import socket
-
-    names = {*LOCAL_HOSTS, *extra}
-    if host in _ANY_ADDRESS:
-        for name in {socket.gethostname(), socket.getfqdn()}:
-            names.add(name)
-            try:
-                names.update(info[4][0] for info in socket.getaddrinfo(name, None))
-            except OSError:
-                pass
-    else:
-        names.add(host)
-    return sorted(n.lower() for n in names if n)
-
-
-class SameOrigin:
-    """Refuse (403) a POST, PUT, PATCH or DELETE whose ``Origin`` is another site than the ``Host`` asked.
-
-    A browser sends ``Origin`` on cross-site requests, and a form post or a ``text/plain`` fetch
-    needs no CORS preflight, so without this another page could make the app work for it.
-    Requests without ``Origin`` (curl, scripts) pass. Starlette has no such middleware (its
-    CORSMiddleware only shapes the answer, after the app has already run).
-    """
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS"):
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
-                       if k in (b"origin", b"host")}
-            origin = headers.get("origin")
-            if origin is not None:
-                from urllib.parse import urlsplit
-
-                parts = urlsplit(origin)
-                if parts.scheme not in ("http", "https") or parts.netloc.lower() != headers.get("host", "").lower():
-                    response = JSONResponse({"error": f"cross-site request from {origin[:100]} refused"}, status_code=403)
-                    return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+from dfk.app.guards import LOCAL_HOSTS, Limits, SameOrigin, allowed_hosts  # noqa: E402,F401
 
 
 @dataclass
@@ -115,30 +54,27 @@ class ModelInfo:
     aliases: list[str] = field(default_factory=list)
     run_id: str = ""
     run_url: str = ""
+    faces: dict | None = None  # a face model's crop rule: it scores each face, not the whole image
 
 
-def describe_model(uri: str, detector, ui_url: str | None = None) -> ModelInfo:
-    """Registered name, version, aliases and run of ``uri``, as far as the tracking store knows them."""
+def describe_model(model, detector, ui_url: str | None = None) -> ModelInfo:
+    """Registered name, version, aliases and run of ``model`` (a URI, or one resolved:
+    :class:`dfk.serving.uri.ModelRef`), as far as the tracking store knows them."""
     import mlflow
     from mlflow import MlflowClient
 
-    info = ModelInfo(uri=uri, arch=detector.arch, image_size=detector.image_size,
-                     threshold=detector.threshold, temperature=detector.temperature)
+    from dfk.serving.uri import resolve_model
+
+    info = ModelInfo(uri=str(model), arch=detector.arch, image_size=detector.image_size,
+                     threshold=detector.threshold, temperature=detector.temperature,
+                     faces=detector.faces.to_dict() if getattr(detector, "faces", None) else None)
     client = MlflowClient()
     try:
-        if uri.startswith("models:/"):
-            ref = uri[len("models:/"):].strip("/")
-            if "@" in ref:
-                info.name, info.alias = ref.split("@", 1)
-                mv = client.get_model_version_by_alias(info.name, info.alias)
-            else:
-                info.name, _, version = ref.partition("/")
-                mv = client.get_model_version(info.name, version)
-            info.version, info.run_id, info.aliases = str(mv.version), mv.run_id or "", list(mv.aliases)
-        elif uri.startswith("runs:/"):
-            info.run_id = uri[len("runs:/"):].split("/", 1)[0]
+        ref = resolve_model(model)
+        info.name, info.version, info.alias = ref.name, ref.version, ref.alias
+        info.aliases, info.run_id = list(ref.aliases), ref.run_id
     except Exception as exc:  # the model loaded, so a missing description is not fatal
-        log.warning("could not describe %s: %s", uri, str(exc).splitlines()[0] if str(exc) else exc)
+        log.warning("could not describe %s: %s", model, str(exc).splitlines()[0] if str(exc) else exc)
     if info.run_id:
         ui_url = ui_url or (mlflow.get_tracking_uri() if mlflow.get_tracking_uri().startswith("http") else "")
         if ui_url:
@@ -168,6 +104,10 @@ class Explainer:
         from dfk.explain.gradcam import gradcam, overlay
 
         d = self.detector
+        if d.faces is not None:
+            from dfk.data.faces import load_for_faces
+
+            return self.faces(load_for_faces(data))
         x = decode_image(data, d.image_size)  # exactly what `mlflow models serve` feeds the model
         shown = decode_for_display(data, DISPLAY_SIDE)
         start = time.perf_counter()
@@ -191,6 +131,115 @@ class Explainer:
             "height": h,
             "model_ms": round(model_ms, 1),
         }
+
+
+    def faces(self, picture: np.ndarray, start: float | None = None) -> dict:
+        """A face model's answer for a decoded picture: each face's verdict and Grad-CAM on its crop, the
+        picture's (its most fake face; ``no_face`` when none), and the picture with the boxes drawn."""
+        from dfk.explain.gradcam import explain_faces
+
+        start = time.perf_counter() if start is None else start
+        with self.lock:
+            found = explain_faces(self.detector, picture, self.fn)
+        faces = [{**f["box"].to_dict(), "probability_fake": f["probability_fake"], "label": f["label"],
+                  "overlay": _png(f["overlay"])} for f in found]
+        top = max(faces, key=lambda f: f["probability_fake"]) if faces else None
+        shown, s = _boxes(picture, faces)
+        return {"probability_fake": top["probability_fake"] if top else None,
+                "label": top["label"] if top else "no_face", "threshold": self.detector.threshold,
+                "faces": faces, "overlay": _png(shown), "width": shown.shape[1], "height": shown.shape[0],
+                "model_ms": round((time.perf_counter() - start) * 1000, 1),
+                **({} if faces else {"message": "no face found: a model trained on face crops scores faces only"})}
+
+    def video(self, data: bytes, limits: "Limits") -> dict:
+        """A video's verdict (its frames' mean), its timeline as data and as a plot, and its most suspicious
+        frames with Grad-CAM. Frames are decoded here (a worker thread) within ``limits``; model calls take
+        the lock batch by batch, so photos sent meanwhile are answered between them."""
+        import tempfile
+
+        from dfk.data.faces import shrink
+        from dfk.data.video import Sampling, VideoLimits, sample_frames
+        from dfk.evaluation.media import plot_timeline, score_video
+
+        bounds = VideoLimits(max_samples=limits.max_video_frames, seconds=limits.video_seconds)
+        start = time.perf_counter()
+        v = score_video(_Locked(self.detector, self.lock), data, Sampling(count=limits.max_video_frames), bounds)
+        out = {"kind": "video", **v.to_dict(), "path": ""}
+        with tempfile.TemporaryDirectory() as tmp:
+            out["timeline_png"] = "data:image/png;base64," + base64.b64encode(
+                plot_timeline(v, Path(tmp) / "timeline.png").read_bytes()).decode()
+        top = v.most_suspicious(3)
+        frames = {f.index: f for f in sample_frames(data, limits=bounds, indices=[f.index for f in top])[1]} if top else {}
+        out["suspicious"] = []
+        for fs in top:
+            frame = frames.get(fs.index)
+            if frame is None:
+                continue
+            if self.detector.faces is not None:
+                shown = self.faces(shrink(frame.image), start)
+            else:
+                shown = self.frame(frame.image)
+            out["suspicious"].append({"index": fs.index, "time_s": round(fs.time_s, 3), **shown})
+        out["model_ms"] = round((time.perf_counter() - start) * 1000, 1)
+        return out
+
+    def frame(self, image: np.ndarray) -> dict:
+        """A whole-image model's Grad-CAM of one video frame, as for a photo."""
+        import cv2
+
+        from dfk.data.decode import resize
+        from dfk.explain.gradcam import gradcam, overlay
+        from dfk.metrics.binary import verdict
+
+        d = self.detector
+        with self.lock:
+            heat, raw = gradcam(d.model, resize(image, d.image_size)[None].astype(np.float32), fn=self.fn)
+        prob = float(d.calibrated(raw)[0])
+        s = min(1.0, DISPLAY_SIDE / max(image.shape[:2]))
+        shown = cv2.resize(image, (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s))),
+                           interpolation=cv2.INTER_AREA)
+        heat = cv2.resize(heat[0], (shown.shape[1], shown.shape[0]), interpolation=cv2.INTER_LINEAR)
+        return {"probability_fake": prob, "label": verdict(prob, d.threshold), "overlay": _png(overlay(shown, heat)),
+                "width": shown.shape[1], "height": shown.shape[0]}
+
+
+class _Locked:
+    """A detector whose model calls take ``lock``: a video's batches queue with the photos' requests."""
+
+    def __init__(self, detector, lock) -> None:
+        self._d, self._lock = detector, lock
+
+    def __getattr__(self, name):
+        return getattr(self._d, name)
+
+    def score(self, batch):
+        with self._lock:
+            return self._d.score(batch)
+
+
+def _png(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG", optimize=False)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _boxes(picture: np.ndarray, faces: list[dict]) -> tuple[np.ndarray, float]:
+    """``picture`` at most DISPLAY_SIDE a side with each face's box drawn (red: fake, green: real)."""
+    import cv2
+
+    s = min(1.0, DISPLAY_SIDE / max(picture.shape[:2]))
+    shown = cv2.resize(picture, (max(1, round(picture.shape[1] * s)), max(1, round(picture.shape[0] * s))),
+                       interpolation=cv2.INTER_AREA) if s < 1 else picture.copy()
+    for f in faces:
+        colour = (165, 14, 14) if f["label"] == "fake" else (20, 108, 46)
+        p0 = (int(f["x"] * s), int(f["y"] * s))
+        p1 = (int((f["x"] + f["w"]) * s), int((f["y"] + f["h"]) * s))
+        cv2.rectangle(shown, p0, p1, colour, max(2, round(3 * max(shown.shape[:2]) / 512)))
+        cv2.putText(shown, f"{100 * f['probability_fake']:.0f}%", (p0[0], max(12, p0[1] - 4)), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.5, colour, 2, cv2.LINE_AA)
+    return shown, s
 
 
 def create_app(detector, info: ModelInfo, limits: Limits = Limits(), layer: str | None = None,
@@ -232,16 +281,15 @@ def create_app(detector, info: ModelInfo, limits: Limits = Limits(), layer: str 
     async def health() -> dict:
         return {"status": "ok"}
 
-    @app.post("/api/predict")
-    async def predict(request: Request):
-        mb = limits.max_bytes / 2**20
+    async def receive(request: Request, max_bytes: int) -> bytes | JSONResponse:
+        """The request's body, or the answer that refuses it (too slow, too large, a form, empty)."""
         body, size = bytearray(), 0
-        drain = 4 * limits.max_bytes  # read (and drop) this much of an oversized upload, then hang up
+        drain = 4 * max_bytes  # read (and drop) this much of an oversized upload, then hang up
         try:
             async with asyncio.timeout(limits.body_seconds):
                 async for chunk in request.stream():
                     size += len(chunk)
-                    if size <= limits.max_bytes:
+                    if size <= max_bytes:
                         body += chunk
                     elif size > drain:
                         break
@@ -249,34 +297,71 @@ def create_app(detector, info: ModelInfo, limits: Limits = Limits(), layer: str 
             return error(408, f"the upload did not arrive within {limits.body_seconds:g} s", close=True)
         # The body of a too-large upload is read and dropped rather than left unread: a client
         # still sending when the server answers sees a broken pipe instead of the message.
-        if size > limits.max_bytes:
-            return error(413, f"file is larger than the {mb:g} MB limit", close=True)
+        if size > max_bytes:
+            return error(413, f"file is larger than the {max_bytes / 2**20:g} MB limit", close=True)
         if request.headers.get("content-type", "").startswith("multipart/"):
-            return error(415, "send the image bytes as the request body (curl --data-binary @photo.jpg), not as a form")
+            return error(415, "send the file's bytes as the request body (curl --data-binary @photo.jpg), not as a form")
         if not body:
             return error(400, "empty file: nothing to check")
+        return bytes(body)
+
+    videos = asyncio.Semaphore(1)  # one video decoded at a time: its frames are the app's largest memory
+
+    @app.post("/api/video")
+    async def video(request: Request):
+        from dfk.data.video import BadVideo, VideoTooLarge
+
+        body = await receive(request, limits.max_video_bytes)
+        if isinstance(body, JSONResponse):
+            return body
+        if videos.locked() or waiting.locked():
+            return error(429, "the app is busy with another video; try again in a moment")
+        async with videos, waiting:
+            try:
+                return await run_in_threadpool(explain.video, body, limits)
+            except VideoTooLarge as exc:
+                return error(413, f"video too large: {exc}")
+            except BadVideo as exc:
+                return error(400, f"not a usable video ({exc}); the app reads MP4, MOV, AVI, MKV and WebM")
+
+    @app.post("/api/predict")
+    async def predict(request: Request):
+        body = await receive(request, limits.max_bytes)
+        if isinstance(body, JSONResponse):
+            return body
         if waiting.locked():
             return error(429, "the app is busy with other images; try again in a moment")
         async with waiting:
             try:
-                return await run_in_threadpool(explain, bytes(body))
+                return await run_in_threadpool(explain, body)
             except ImageTooLarge as exc:
                 return error(413, f"image too large: {exc}")
             except BadImage as exc:
+                from dfk.data.video import looks_like_video
+
+                if looks_like_video(body[:16]):
+                    return error(400, "this is a video: send it to /api/video (the page does)")
                 return error(400, f"not a usable image ({exc}); the app reads JPEG, PNG, WebP, BMP, GIF and TIFF")
 
     return app
 
 
-def _port_is_free(host: str, port: int) -> bool:
+def _bind(host: str, port: int):
+    """A socket bound to ``host:port`` (port 0: a free one the system picks), held from before the
+    model loads until uvicorn listens on it, so that no other process can take the port meanwhile."""
+    import errno
     import socket
 
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a TIME_WAIT port is free
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(f"{host}:{port} is already in use; choose another port with --port") from None
+        raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
 
 
 def _raise_open_file_limit(wanted: int) -> None:
@@ -299,15 +384,20 @@ def serve(model_uri: str = SETTINGS.champion_uri, host: str = "127.0.0.1", port:
     import uvicorn
 
     from dfk.serving.detector import load_detector
+    from dfk.serving.uri import resolve_model
 
-    if not 0 < port < 65536:
-        raise UserError(f"port must be between 1 and 65535, got {port}")
-    if not _port_is_free(host, port):
-        raise UserError(f"{host}:{port} is already in use; choose another port with --port")
-    detector = load_detector(model_uri)
-    info = describe_model(model_uri, detector, ui_url)
-    app = create_app(detector, info, limits, layer, allowed_hosts(host, extra_hosts))
-    label = f"{info.name} v{info.version}" if info.version else model_uri
-    _raise_open_file_limit(limits.max_connections + 64)
-    print(f"dfk app: {label} ({info.arch}, {info.image_size} px) at http://{host}:{port}  (Ctrl-C stops)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=limits.max_connections)
+    if not 0 <= port < 65536:
+        raise UserError(f"port must be between 0 (any free one) and 65535, got {port}")
+    sock = _bind(host, port)
+    port = sock.getsockname()[1]
+    with sock:
+        model = resolve_model(model_uri)  # once: the page describes the version it serves
+        detector = load_detector(model)
+        info = describe_model(model, detector, ui_url)
+        app = create_app(detector, info, limits, layer, allowed_hosts(host, extra_hosts))
+        label = f"{info.name} v{info.version}" if info.version else model_uri
+        _raise_open_file_limit(limits.max_connections + 64)
+        print(f"dfk app: {label} ({info.arch}, {info.image_size} px) at http://{host}:{port}  (Ctrl-C stops)",
+              flush=True)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", limit_concurrency=limits.max_connections)).run(
+            sockets=[sock])

@@ -8,6 +8,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from dfk.cli.common import (_quiet_tensorflow, _report_skip, _unset, app, user_errors)
+from dfk.errors import UserError
 from dfk.settings import SETTINGS
 
 
@@ -15,34 +16,52 @@ from dfk.settings import SETTINGS
 @user_errors
 def predict(
     model: Annotated[str, typer.Argument(help="runs:/RUN/model, models:/NAME@ALIAS or a local model folder.")],
-    inputs: Annotated[List[Path], typer.Argument(help="Image files and/or folders.")],
+    inputs: Annotated[List[Path], typer.Argument(help="Image and video files and/or folders.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write (path, probability_fake, label).")] = Path("predictions.csv"),
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
+    frames: Annotated[str, typer.Option(help="Frames scored per video: a count spread over it (16) or a rate (2fps).")] = "16",
+    aggregate: Annotated[str, typer.Option(help="A video's score from its frames': mean (DeepfakeBench's), max or median.")] = "mean",
 ) -> None:
-    """Score image files and folders in batches; write a CSV; skip and report unreadable files."""
+    """Score image and video files and folders in batches; write a CSV; skip and report unreadable files.
+
+    A video gets one row (its frames' scores aggregated) and a timeline, OUT's stem + _timelines/NAME.json
+    and .png. A model trained on face crops scores each face (the photo's row: its most fake face, label
+    no_face when none is found); the faces are listed in OUT with .json instead of .csv."""
     import csv
+    import json
 
-    from dfk.data.decode import collect_images
+    from dfk.data.video import Sampling, is_video
+    from dfk.evaluation.media import AGGREGATES, collect_media
 
-    files = collect_images(inputs)
+    files = collect_media(inputs)
+    sampling = Sampling.parse(frames)
+    if aggregate not in AGGREGATES:
+        raise UserError(f"unknown aggregate {aggregate!r}; choose from {', '.join(AGGREGATES)}")
     _quiet_tensorflow()
     from rich.progress import Progress
 
-    from dfk.evaluation.scoring import predict_files
+    from dfk.evaluation.media import predict_media
     from dfk.serving.detector import load_detector
 
     detector = load_detector(model)
+    details = detector.faces is not None or any(map(is_video, files))
+    timelines = out.with_name(out.stem + "_timelines") if any(map(is_video, files)) else None
     with Progress(transient=True) as bar:
         task = bar.add_task("scoring", total=len(files))
-        rows = predict_files(detector, files, batch_size, _report_skip, lambda n: bar.advance(task, n))
+        rows = predict_media(detector, files, batch_size, sampling, aggregate, timelines, _report_skip,
+                             lambda n: bar.advance(task, n))
     tmp = out.with_name(out.name + ".part")
     with tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["path", "probability_fake", "label"])
-        w.writerows((p, f"{prob:.6f}", lab) for p, prob, lab in rows)
+        w.writerows((r["path"], "" if r["probability_fake"] is None else f"{r['probability_fake']:.6f}", r["label"])
+                    for r in rows)
     tmp.replace(out)
+    if details:
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
     skipped = len(files) - len(rows)
-    typer.echo(f"wrote {len(rows)} predictions to {out}" + (f"; skipped {skipped} unreadable" if skipped else ""))
+    typer.echo(f"wrote {len(rows)} predictions to {out}" + (f" (faces and frames in {out.with_suffix('.json')})" if details else "")
+               + (f"; timelines in {timelines}" if timelines else "") + (f"; skipped {skipped} unreadable" if skipped else ""))
 
 
 @app.command("gradcam")

@@ -90,6 +90,7 @@ class FolderScore:
     clean: object  # dfk.metrics.binary.Evaluation
     robust: dict[tuple[str, float], dict[str, float]] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    frames: object = None  # videos: the frame-level evaluation (``clean`` is then the video-level one)
 
     def robust_metrics(self) -> dict[str, float]:
         out = {}
@@ -103,7 +104,8 @@ class FolderScore:
 def score_folder(detector, index, split: str = "test", perturbations=(), seed: int = 0,
                  progress: Callable[[int], None] | None = None) -> FolderScore:
     """Predictions of ``detector`` on ``split`` of ``index``, clean and perturbed, with metrics."""
-    from dfk.data.decode import BadImage, read_image, resize
+    from dfk.data.decode import BadImage, read_bytes, read_image, resize
+    from dfk.data.faces import crop, detect_faces, load_for_faces
     from dfk.metrics.binary import evaluate_predictions
 
     paths, labels = index.paths(split), index.labels(split)
@@ -113,16 +115,30 @@ def score_folder(detector, index, split: str = "test", perturbations=(), seed: i
     rng = np.random.default_rng(seed)
     bs = detector.batch_size
     for start in range(0, len(paths), bs):
-        originals, ys, ps = [], [], []
+        originals, ys, ps, faces = [], [], [], []
         for p, y in zip(paths[start:start + bs], labels[start:start + bs]):
             try:
-                originals.append(read_image(p))  # full resolution: perturbations act there
+                # full resolution: perturbations act there; a face model's photo as every entry point decodes it
+                originals.append(read_image(p) if detector.faces is None else load_for_faces(read_bytes(p)))
+                if detector.faces is not None:  # found on the clean photo, cut from every variant alike
+                    faces.append(detect_faces(originals[-1]))
+                    if not faces[-1]:
+                        originals.pop(), faces.pop()
+                        skipped.append((p, "no face found"))
+                        continue
                 ys.append(y)
                 ps.append(p)
             except BadImage as exc:
                 skipped.append((p, str(exc)))
         for v in variants:
-            batch = [resize(o if v is None else perturb(o, v[0], v[1], rng), detector.image_size) for o in originals]
+            images = [o if v is None else perturb(o, v[0], v[1], rng) for o in originals]
+            if detector.faces is not None and images:  # a photo's score: its most fake face
+                crops = [[resize(crop(x, b, detector.faces), detector.image_size) for b in bs_] for x, bs_ in zip(images, faces)]
+                flat = detector.score(np.stack([c for cs in crops for c in cs]).astype(np.float32))
+                ends = np.cumsum([len(cs) for cs in crops])
+                probs[v].append(np.array([flat[e - len(cs):e].max() for e, cs in zip(ends, crops)]))
+                continue
+            batch = [resize(x, detector.image_size) for x in images]
             if batch:
                 probs[v].append(detector.score(np.stack(batch).astype(np.float32)))
         kept_paths += ps
@@ -168,17 +184,20 @@ def write_robustness(score: FolderScore, out: Path) -> list[Path]:
     return written
 
 
-def model_data(model_uri: str):
-    """The images ``model_uri``'s run trained on and how it split them (a DataSpec), or None."""
+def model_data(model):
+    """The images ``model``'s run trained on and how it split them (a DataSpec), or None; ``model`` a
+    URI or a :class:`dfk.serving.uri.ModelRef`."""
     from dfk.runs import tracking
+    from dfk.serving.uri import resolve_model
 
-    run = tracking.model_run(model_uri)
+    run = resolve_model(model).run()
     return tracking.run_data(run) if run is not None else None
 
 
-def scoring_data(model_uri: str, data_dir: str | None = None, split: str = "test",
+def scoring_data(model, data_dir: str | None = None, split: str = "test",
                  progress: Callable[[int], None] | None = None):
-    """The data to score ``model_uri`` on, opened, and one line saying which folder and split it is.
+    """The data to score ``model`` (a URI or a :class:`dfk.serving.uri.ModelRef`) on, opened, and one
+    line saying which folder and split it is.
 
     No ``data_dir``: the images the model's run trained on. The folder the run trained on: split as
     that run split it (fresh defaults would let its training images into the test split). Any other
@@ -187,10 +206,10 @@ def scoring_data(model_uri: str, data_dir: str | None = None, split: str = "test
     """
     from dfk.data.scan import DataSpec
 
-    trained = model_data(model_uri)
+    trained = model_data(model)
     if not data_dir:
         if trained is None:
-            raise UserError(f"cannot tell which data {model_uri} was trained on (its run is not in this tracking "
+            raise UserError(f"cannot tell which data {model} was trained on (its run is not in this tracking "
                             "store); name the folder to score on")
         spec = trained
     else:
@@ -207,35 +226,43 @@ def scoring_data(model_uri: str, data_dir: str | None = None, split: str = "test
 
 
 def predict_files(detector, files, batch_size: int, on_skip=None, progress: Callable[[int], None] | None = None):
-    """``(path, probability of fake, verdict)`` for each readable file, scored in batches."""
-    from dfk.data.decode import ImageBatches
-    from dfk.metrics.binary import verdict
+    """``(path, probability of fake, verdict)`` for each readable file, scored in batches; a face
+    model's faces are found and cut in each photo first (:mod:`dfk.evaluation.media`)."""
+    from dfk.evaluation.media import predict_images, predict_media
 
-    rows = []
-    batches = ImageBatches(files, detector.image_size, batch_size, on_skip)
-    for names, x, n in batches:
-        if names:
-            probs = detector.score(x)
-            rows += [(str(f), float(p), str(v)) for f, p, v in zip(names, probs, verdict(probs, detector.threshold))]
-        if progress:
-            progress(n)
-    return rows
+    if getattr(detector, "faces", None) is not None:
+        return [(r["path"], r["probability_fake"], r["label"])
+                for r in predict_media(detector, files, batch_size, on_skip=on_skip, progress=progress)]
+    return predict_images(detector, files, batch_size, on_skip, progress)
 
 
 def evaluate_model(model_uri: str, data_dir: str | None = None, perturbations=(),
-                   experiment: str = SETTINGS.eval_experiment, split: str = "test"):
+                   experiment: str = SETTINGS.eval_experiment, split: str = "test", frames: str | None = None,
+                   aggregate: str = "mean"):
     """Log an evaluation run: the same metrics, plots and report as training's test stage, plus
-    robustness. Returns ``(run id, FolderScore, the line saying which data was scored)``."""
+    robustness. Returns ``(run id, FolderScore, the line saying which data was scored)``. A folder of
+    videos (Fake|Real) is scored video by video (:func:`evaluate_videos`)."""
     import tempfile
 
     import mlflow
 
+    from dfk.evaluation.media import video_folder
+    from dfk.data.video import Sampling
+
+    videos = video_folder(data_dir, split) if data_dir else None
+    if videos is not None:
+        if perturbations:
+            raise UserError("perturbations apply to image folders; a folder of videos is scored clean")
+        return evaluate_videos(model_uri, data_dir, videos, experiment, split, Sampling.parse(frames), aggregate)
+
     from dfk.runs import tracking
     from dfk.metrics.binary import write_report
     from dfk.serving.detector import load_detector
+    from dfk.serving.uri import resolve_model
 
-    index, data = scoring_data(model_uri, data_dir, split)
-    detector = load_detector(model_uri)
+    model = resolve_model(model_uri)  # once: an alias that moves meanwhile cannot split data and model
+    index, data = scoring_data(model, data_dir, split)
+    detector = load_detector(model)
     tracking.use_experiment(experiment)
     tags = {"model_uri": model_uri, "evaluation": "true", "scored_on": data[:5000], **tracking.standard_tags()}
     with tracking.run(f"evaluate-{Path(index.root).name}", tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
@@ -253,3 +280,47 @@ def evaluate_model(model_uri: str, data_dir: str | None = None, perturbations=()
         mlflow.log_artifacts(tmp)
         mlflow.log_text("".join(f"{p}\t{r}\n" for p, r in score.skipped), "data/skipped_files.tsv")
         return active.info.run_id, score, data
+
+
+def evaluate_videos(model_uri: str, data_dir: str, videos: list[tuple[Path, int]], experiment: str,
+                    split: str = "test", sampling=None, how: str = "mean"):
+    """Log an evaluation run on labelled videos: video-level metrics as ``test_*`` (each video scored by the
+    ``how`` of its frames), frame-level ones as ``test_frame_*``, the report of each, every timeline.
+    Returns ``(run id, FolderScore with .frames, the line saying what was scored)``."""
+    import math
+    import tempfile
+
+    import mlflow
+
+    from dfk.evaluation.media import log_video_dataset, score_video_folder, write_timeline
+    from dfk.metrics.binary import write_report
+    from dfk.runs import tracking
+    from dfk.serving.detector import load_detector
+
+    from dfk.data.video import Sampling
+
+    sampling = sampling or Sampling()
+    root = Path(data_dir).resolve()
+    detector = load_detector(model_uri)
+    tracking.use_experiment(experiment)
+    line = (f"{len(videos)} videos in {root} ({sum(y for _, y in videos)} fake), {sampling} frames each, "
+            f"video score = {how} of frame scores" + (", faces cut by the model's rule" if detector.faces else ""))
+    tags = {"model_uri": model_uri, "evaluation": "true", "scored_on": line[:5000], **tracking.standard_tags()}
+    with tracking.run(f"evaluate-{root.name}", tags=tags) as active, tempfile.TemporaryDirectory() as tmp:
+        tracking.log_params_once({"model_uri": model_uri, "data_dir": str(root), "split": split, "frames": str(sampling),
+                                  "aggregate": how, "perturbations": "none"})
+        log_video_dataset(root, videos)
+        s = score_video_folder(detector, videos, sampling, how)
+        metrics = {f"test_{k}": v for k, v in s.videos.metrics.items()}
+        metrics.update({f"test_frame_{k}": v for k, v in s.frames.metrics.items()})
+        metrics.update({"videos_scored": len(s.verdicts), "frames_scored": len(s.frames.y_true)})
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+        write_report(s.videos, Path(tmp) / "evaluation", "test")
+        write_report(s.frames, Path(tmp) / "evaluation" / "frames", "test_frame")
+        for i, v in enumerate(s.verdicts):  # numbered: videos in Fake/ and Real/ may share a name
+            write_timeline(v, Path(tmp) / "timelines", f"{i:03d}_{Path(v.path).stem}")
+        mlflow.log_artifacts(tmp)
+        mlflow.log_text("".join(f"{p}\t{r}\n" for p, r in s.skipped), "data/skipped_files.tsv")
+        score = FolderScore(s.videos, {}, s.skipped)
+        score.frames = s.frames
+        return active.info.run_id, score, line

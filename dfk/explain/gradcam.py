@@ -169,25 +169,58 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.nd
     return np.uint8(np.clip((1 - alpha) * image + alpha * colour, 0, 255))
 
 
+#: Gallery geometry in inches: panel side, gaps, the caption band above each row, the header.
+_PANEL, _GAP, _MARGIN, _CAPTION, _ROW_GAP, _HEADER = 2.3, 0.1, 0.15, 0.42, 0.18, 0.32
+_CAPTION_CHARS = 90  # a caption line longer than this loses its middle (long file names)
+
+
+def _clip_middle(text: str, n: int = _CAPTION_CHARS) -> str:
+    return text if len(text) <= n else f"{text[:n // 2 - 1]}…{text[-(n - n // 2):]}"
+
+
 def save_gallery(images, heatmaps, probs, threshold: float, path: Path, titles: Sequence[str] = ()) -> Path:
-    """One PNG: a row per image with original | heatmap | overlay and the verdict."""
+    """One PNG: column headings once (original | Grad-CAM | overlay), then a row per image with
+    its caption (the title, then p(fake), the threshold and the verdict) in a band above the row.
+
+    Placed by hand in inches rather than by tight/constrained layout: the caption band has a fixed
+    height, so a caption can never run into a heading or a neighbouring row at any row count.
+    """
     from dfk.metrics.binary import verdict as label_of
-    from dfk.metrics.plots import pyplot, save
+    from dfk.metrics.plots import DPI, pyplot
 
     plt = pyplot()
     n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.6 * n), squeeze=False)
+    width = 2 * _MARGIN + 3 * _PANEL + 2 * _GAP
+    row = _CAPTION + _PANEL + _ROW_GAP
+    height = _HEADER + n * row + _MARGIN
+    fig = plt.figure(figsize=(width, height))
+
+    def box(x, y, w, h):  # inches from the top-left corner -> figure fractions
+        return [x / width, 1 - (y + h) / height, w / width, h / height]
+
+    for j, heading in enumerate(("original", "Grad-CAM (fake score)", "overlay")):
+        x = _MARGIN + j * (_PANEL + _GAP) + _PANEL / 2
+        fig.text(x / width, 1 - (_HEADER - 0.08) / height, heading, ha="center", va="bottom",
+                 fontsize=10, fontweight="bold")
     for i in range(n):
+        top = _HEADER + i * row
         img = np.uint8(np.clip(images[i], 0, 255))
         label = label_of(probs[i], threshold)
-        extra = f" | {titles[i]}" if i < len(titles) and titles[i] else ""
-        verdict = f"p(fake)={probs[i]:.3f} (threshold {threshold:.3f}) -> {label}{extra}"
-        for ax, pic, name in zip(axes[i], (img, heatmaps[i], overlay(img, heatmaps[i])),
-                                 (verdict, "Grad-CAM", "overlay")):
+        title = titles[i] if i < len(titles) and titles[i] else f"image {i + 1}"
+        verdict = f"p(fake) = {probs[i]:.3f}, threshold {threshold:.3f}  →  {label}"
+        fig.text(_MARGIN / width, 1 - (top + 0.04) / height, _clip_middle(title), ha="left", va="top",
+                 fontsize=8.5, fontweight="bold")
+        fig.text(_MARGIN / width, 1 - (top + 0.22) / height, verdict, ha="left", va="top", fontsize=8.5)
+        for j, pic in enumerate((img, heatmaps[i], overlay(img, heatmaps[i]))):
+            ax = fig.add_axes(box(_MARGIN + j * (_PANEL + _GAP), top + _CAPTION, _PANEL, _PANEL))
             ax.imshow(pic, cmap="jet" if pic.ndim == 2 else None, vmin=0, vmax=1 if pic.ndim == 2 else None)
+            ax.set_anchor("N")  # a wide image sits right under its caption
             ax.set_axis_off()
-            ax.set_title(name, fontsize=7 if name == verdict else 8, loc="left" if name == verdict else "center")
-    return save(fig, path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
 
 
 #: A gallery shows at most this many rows (one image each); the overlays cover every image.
@@ -212,6 +245,8 @@ def explain_files(detector, files, out: Path, layer: str | None = None, batch_si
 
     fn = gradient_function(detector.model, layer)
     out.mkdir(parents=True, exist_ok=True)
+    if getattr(detector, "faces", None) is not None:
+        return _explain_face_files(detector, files, out, fn, on_written, on_skip)
     used: set[str] = set()
     gallery: list[tuple] = []  # only the rows the gallery shows stay in memory
     written = 0
@@ -240,62 +275,74 @@ def explain_files(detector, files, out: Path, layer: str | None = None, batch_si
     return Explained(written, batches.skipped, path)
 
 
-# ----------------------------------------------------------------------------- faithfulness
-@dataclass
-class Faithfulness:
-    pointing_game: float  # share of fakes whose heatmap maximum lies inside the mask
-    mask_energy: float  # mean share of heatmap mass inside the mask
-    pointing_game_random: float  # the same for random heatmaps (the chance level)
-    mask_energy_random: float
-    pointing_game_centre: float  # the same for a Gaussian at the image centre (the centre prior)
-    mask_energy_centre: float
-    n: int
-
-    @property
-    def beats_baselines(self) -> bool:
-        """The heatmaps point at forged regions more often than the stronger of both baselines."""
-        return self.pointing_game > max(self.pointing_game_random, self.pointing_game_centre)
-
-    def metrics(self) -> dict[str, float]:
-        return {f"gradcam_{k}": float(v) for k, v in dataclasses.asdict(self).items() if k != "n"}
-
-
-def _random_heatmaps(rng: np.random.Generator, shape) -> np.ndarray:
-    """Smooth random heatmaps, as blobby as a Grad-CAM upsampled from a coarse grid."""
+# ----------------------------------------------------------------------------- faces
+def explain_faces(detector, picture: np.ndarray, fn: Callable, display: int = 256) -> list[dict]:
+    """Each face a face model scores in ``picture`` (decoded by :func:`dfk.data.faces.load_for_faces`, or a
+    video frame), cut by the model's rule: ``box``, ``probability_fake``, ``label``, ``input`` and ``heat``
+    (what the model saw and its map) and ``overlay`` (the map on the same cut at ``display`` px)."""
     import cv2
 
-    n, h, w = shape
-    coarse = rng.random((n, 8, 8)).astype(np.float32)
-    return np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR) for c in coarse])
+    from dfk.data.faces import crop, face_crops
+    from dfk.metrics.binary import verdict
+
+    boxes, x = face_crops(picture, detector.faces, detector.image_size)
+    if not boxes:
+        return []
+    heat, raw = gradcam(detector.model, x.astype(np.float32), fn=fn)
+    probs = detector.calibrated(raw)
+    shown_rule = dataclasses.replace(detector.faces, size=display)
+    out = []
+    for b, inp, h, p in zip(boxes, x, heat, probs):
+        shown = crop(picture, b, shown_rule)
+        big = cv2.resize(h, (shown.shape[1], shown.shape[0]), interpolation=cv2.INTER_LINEAR)
+        out.append({"box": b, "probability_fake": float(p), "label": verdict(float(p), detector.threshold),
+                    "input": inp, "heat": h, "overlay": overlay(shown, big)})
+    return out
 
 
-#: Width of the centre-prior heatmap, as a fraction of the image side.
-CENTRE_SIGMA = 0.25
+def _explain_face_files(detector, files, out: Path, fn, on_written, on_skip) -> Explained:
+    """:func:`explain_files` for a face model: an overlay per face (``<stem>_face<k>_gradcam.png``)."""
+    from PIL import Image
+
+    from dfk.data.decode import BadImage, read_bytes
+    from dfk.data.faces import load_for_faces
+
+    used: set[str] = set()
+    gallery: list[tuple] = []
+    written = skipped = 0
+    for f in map(Path, files):
+        try:
+            faces = explain_faces(detector, load_for_faces(read_bytes(f)), fn)
+        except BadImage as exc:
+            skipped += 1
+            if on_skip:
+                on_skip(f, str(exc))
+            continue
+        if not faces and on_skip:
+            on_skip(f, "no face found")
+        for k, face in enumerate(faces, 1):
+            name, n = f"{f.stem}_face{k}_gradcam.png", 1
+            while name in used:
+                n += 1
+                name = f"{f.stem}_{n}_face{k}_gradcam.png"
+            used.add(name)
+            Image.fromarray(face["overlay"]).save(out / name)
+            written += 1
+            if on_written:
+                on_written(f, face["probability_fake"], face["label"], out / name)
+            if len(gallery) < GALLERY_ROWS:
+                gallery.append((face["input"], face["heat"], face["probability_fake"], f"{f.name}, face {k}"))
+    if not written:
+        raise UserError(f"no face found in the {len(files)} images (a model trained on face crops scores faces only)")
+    imgs, heats, probs, titles = zip(*gallery)
+    path = save_gallery(np.stack(imgs), np.stack(heats), np.array(probs), detector.threshold, out / "gallery.png", titles)
+    return Explained(written, skipped, path)
 
 
-def _centre_heatmaps(shape) -> np.ndarray:
-    """A Gaussian at the image centre: what a heatmap scores by knowing only where forgeries tend to be."""
-    n, h, w = shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    g = np.exp(-(((yy - (h - 1) / 2) / (CENTRE_SIGMA * h)) ** 2 + ((xx - (w - 1) / 2) / (CENTRE_SIGMA * w)) ** 2) / 2)
-    return np.broadcast_to(g, (n, h, w))
+# ----------------------------------------------------------------------------- faithfulness
+from dfk.explain.faithfulness import CENTRE_SIGMA, Faithfulness, score_against_masks  # noqa: E402,F401
 
 
-def score_against_masks(heatmaps: np.ndarray, masks: np.ndarray, seed: int = 0) -> Faithfulness:
-    def scores(hm):
-        flat = hm.reshape(len(hm), -1)
-        m = masks.reshape(len(masks), -1) > 0
-        hit = m[np.arange(len(hm)), flat.argmax(axis=1)]
-        energy = (flat * m).sum(1) / np.maximum(flat.sum(1), 1e-12)
-        return float(hit.mean()), float(energy.mean())
-
-    pg, me = scores(heatmaps)
-    pgr, mer = scores(_random_heatmaps(np.random.default_rng(seed), heatmaps.shape))
-    pgc, mec = scores(_centre_heatmaps(heatmaps.shape))
-    return Faithfulness(pg, me, pgr, mer, pgc, mec, len(heatmaps))
-
-
-# ----------------------------------------------------------------------------- in a training run
 def _gallery_picks(ev, n: int) -> list[int]:
     """Up to n test images, round-robin over correct/wrong x fake/real so each kind is shown."""
     groups: dict[tuple[int, int], list[int]] = {}

@@ -76,6 +76,8 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
     # The model is logged with an explicit signature and ``predict`` checks its own input, so
     # MLflow's type-hint wrapping (and its "Add type hints" warning at import) is switched off.
     _skip_type_hint_validation = True
+    #: The crop rule of a model trained on face crops (:class:`dfk.data.faces.CropRule`); None: whole images.
+    faces = None
 
     def load_context(self, context) -> None:
         import keras
@@ -90,6 +92,10 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         self.threshold = float(meta["threshold"])
         self.temperature = float(meta.get("temperature", 1.0))
         self.batch_size = int(meta.get("batch_size", 32))
+        from dfk.data.faces import CropRule
+
+        # A model trained on face crops finds and cuts faces by the rule it trained with; None: whole images.
+        self.faces = CropRule.from_dict(meta.get("faces"))
 
     def decode_rows(self, images, first_row: int = 0) -> np.ndarray:
         """Decode request rows to uint8 (N, size, size, 3), one at a time: memory grows with the rows
@@ -110,6 +116,27 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         chunks = [np.asarray(self.model(np.asarray(batch[i:i + self.batch_size], np.float32), training=False)).reshape(-1)
                   for i in range(0, len(batch), self.batch_size)]
         return self.calibrated(np.concatenate(chunks) if chunks else np.zeros(0))
+
+    def score_faces(self, image: np.ndarray):
+        """A face model's faces in a decoded picture (:func:`dfk.data.faces.load_for_faces`, or a video
+        frame) and their probabilities of fake: ``(boxes, probabilities)``, cut by the model's rule."""
+        from dfk.data.faces import face_crops
+
+        boxes, crops = face_crops(image, self.faces, self.image_size)
+        return boxes, (self.score(crops) if len(crops) else np.zeros(0))
+
+    def face_verdict(self, boxes, probs) -> dict:
+        """A picture's verdict from its faces: each face's box, probability and label, and the picture's
+        (its most fake face); with no face, probability None and label ``no_face``: a face model does not
+        score what it was not trained on."""
+        from dfk.metrics.binary import verdict
+
+        faces = [{**b.to_dict(), "probability_fake": float(p), "label": verdict(float(p), self.threshold)}
+                 for b, p in zip(boxes, probs)]
+        if not faces:
+            return {"probability_fake": None, "label": NO_FACE, "faces": []}
+        top = max(faces, key=lambda f: f["probability_fake"])
+        return {"probability_fake": top["probability_fake"], "label": top["label"], "faces": faces}
 
     def calibrated(self, raw: np.ndarray) -> np.ndarray:
         """The served probability for the Keras model's raw sigmoid output (temperature applied)."""
@@ -134,6 +161,8 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         if rows > SETTINGS.max_request_rows:
             raise _mlflow_bad_request(f"{rows} images in one request; the limit is {SETTINGS.max_request_rows} "
                                       "(send them in several requests)")
+        if self.faces is not None:
+            return self._predict_faces(list(model_input[IMAGE_COLUMN]))
         try:
             batch = self.decode_rows(list(model_input[IMAGE_COLUMN]))
         except InvalidInput as exc:
@@ -144,6 +173,33 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
             "label": verdict(probs, self.threshold),
         })
 
+    def _predict_faces(self, images):
+        """A face model's rows: the image's verdict (its most fake face), how many faces, and each face as
+        JSON (box, probability, label) in ``faces``."""
+        import pandas as pd
+
+        from dfk.data.decode import BadImage
+        from dfk.data.faces import load_for_faces
+
+        verdicts = []
+        for i, value in enumerate(images):
+            try:
+                picture = load_for_faces(to_bytes(value, i))
+            except InvalidInput as exc:
+                raise _mlflow_bad_request(str(exc)) from None
+            except BadImage as exc:
+                raise _mlflow_bad_request(f"row {i}: {exc}") from None
+            verdicts.append(self.face_verdict(*self.score_faces(picture)))
+        return pd.DataFrame({
+            "probability_fake": pd.Series([v["probability_fake"] for v in verdicts], dtype=object),
+            "label": [v["label"] for v in verdicts],
+            "face_count": [len(v["faces"]) for v in verdicts],
+            "faces": [json.dumps(v["faces"]) for v in verdicts],
+        })
+
+
+#: A face model's label for a picture in which it found no face.
+NO_FACE = "no_face"
 
 #: The environment a model is loaded in: no unpickling. A dfk model is code and a ``.keras`` file
 #: (MLflow's models-from-code), so nothing of it needs pickle, and a pickled model is refused before
@@ -168,61 +224,83 @@ def _environment(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def load_detector(model_uri: str) -> DeepfakeDetector:
-    """Load a logged or registered dfk model (``runs:/``, ``models:/name@alias`` or a local path)
-    with pickle deserialization off and Keras' safe mode on."""
+def load_detector(model) -> DeepfakeDetector:
+    """Load a logged or registered dfk model (``runs:/``, ``models:/name@alias`` or a local path, or
+    one already resolved: :func:`dfk.serving.uri.resolve_model`) with pickle deserialization off and
+    Keras' safe mode on."""
     from dfk.errors import UserError
+    from dfk.serving.uri import resolve_model
 
+    ref = resolve_model(model)
     try:
         with _environment(SAFE_LOADING):
-            loaded = mlflow.pyfunc.load_model(model_uri)
+            loaded = mlflow.pyfunc.load_model(ref.uri)
     except Exception as exc:  # MlflowException, OSError, ... : all mean "no such model"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load model {model_uri!r}: {first[:200]}") from None
+        raise UserError(f"cannot load model {ref.given!r}: {first[:200]}") from None
     detector = loaded.unwrap_python_model()
     if not isinstance(detector, DeepfakeDetector):
-        raise UserError(f"{model_uri!r} is not a dfk model (it has no image-bytes detector inside)")
+        raise UserError(f"{ref.given!r} is not a dfk model (it has no image-bytes detector inside)")
     return detector
 
 
-def signature_and_example(example_image: bytes):
+def signature_and_example(example_image: bytes, faces: bool = False):
     import pandas as pd
     from mlflow.models import infer_signature
 
     example = pd.DataFrame({IMAGE_COLUMN: [example_image]})
     output = pd.DataFrame({"probability_fake": [0.5], "label": ["fake"]})
+    if faces:  # a face model also says how many faces it found and each one's verdict (JSON)
+        output = output.assign(face_count=[1], faces=["[]"])
     return infer_signature(example, output), example
 
 
 def log_detector(keras_path: str, meta: dict, example_image: bytes, name: str = "model"):
     """Log the pyfunc with its Keras file, metadata, dfk's code, signature and input example."""
+    import warnings
+
     import dfk
 
     meta_path = Path(keras_path).with_suffix(".meta.json")
     meta_path.write_text(json.dumps(meta, indent=2))
-    signature, example = signature_and_example(example_image)
-    return mlflow.pyfunc.log_model(
-        name=name,
-        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
-        artifacts={KERAS_ARTIFACT: keras_path, META_ARTIFACT: str(meta_path)},
-        code_paths=[str(Path(dfk.__file__).parent)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=_requirements(),
-    )
+    with warnings.catch_warnings():
+        # MLflow's hint that an integer column cannot hold missing values: a face model's face_count never misses one.
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer")
+        signature, example = signature_and_example(example_image, faces=bool(meta.get("faces")))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+            artifacts={KERAS_ARTIFACT: keras_path, META_ARTIFACT: str(meta_path)},
+            code_paths=[str(Path(dfk.__file__).parent)],
+            signature=signature,
+            input_example=example,
+            pip_requirements=_requirements(faces=bool(meta.get("faces"))),
+        )
 
 
-def _requirements() -> list[str]:
+def _requirements(faces: bool = False) -> list[str]:
+    """The model's pip requirements: what trained it, at the versions it ran.
+
+    TensorFlow is pinned as ``tensorflow``, whichever build trained the model (tensorflow-cpu here,
+    tensorflow[and-cuda] on a GPU machine): on x86_64 Linux that is the CUDA build, which runs on a
+    CPU and uses a GPU where NVIDIA's libraries are installed, so the environment ``mlflow models
+    serve`` builds (virtualenv or uv) serves anywhere; pinning tensorflow-cpu would tie every server
+    to the CPU. A GPU server adds the CUDA libraries itself (``pip install "tensorflow[and-cuda]==X"``
+    in that environment), or serves with ``--env-manager local`` from ``pip install ".[gpu]"``.
+    """
     from importlib.metadata import version
 
     pins = []
-    for dist in ("mlflow", "keras", "tensorflow-cpu", "numpy", "pandas", "pillow", "opencv-python-headless", "scikit-learn"):
+    face_dists = ("mtcnn", "lz4", "joblib") if faces else ()  # the face detector, for a face model only
+    for dist in ("mlflow", "keras", "tensorflow", "numpy", "pandas", "pillow", "opencv-python-headless", "scikit-learn",
+                 *face_dists):
         try:
-            pins.append(f"{dist}=={version(dist)}")
+            if dist == "tensorflow":  # the version of the build imported, whichever distribution installed it
+                import tensorflow as tf
+
+                pins.append(f"tensorflow=={tf.__version__}")
+            else:
+                pins.append(f"{dist}=={version(dist)}")
         except Exception:
-            if dist == "tensorflow-cpu":
-                try:
-                    pins.append(f"tensorflow=={version('tensorflow')}")
-                except Exception:
-                    pass
+            pass
     return pins
