@@ -1,7 +1,10 @@
 """Start a server on 127.0.0.1 for a test, a benchmark or a screenshot, and talk JSON to it.
 
-One place for "pick a free port, start the process, wait until it answers, stop it however the
+One place for "start the process on a port of its own, wait until it answers, stop it however the
 block ends", shared by the serving and web-app tests, their benchmarks and the UI screenshots.
+A server is best started on port 0: it binds a free port itself and says which in its log
+(:data:`ANNOUNCED`), and :func:`running` reads it back. A port picked first and bound later
+(:func:`free_port`) may be taken in between by any other process on the machine.
 It lives outside the ``dfk`` package, which every logged model copies.
 """
 
@@ -10,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,12 +22,26 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Iterator, Sequence
 
+#: How the servers started here say where they listen, with the port they chose when given port 0:
+#: uvicorn ("Uvicorn running on http://127.0.0.1:PORT", also under `mlflow models serve` and
+#: `mlflow server`), gunicorn ("Listening at: http://127.0.0.1:PORT") and `dfk app` ("... at
+#: http://127.0.0.1:PORT").
+ANNOUNCED = re.compile(r"(?:Uvicorn running on|Listening at:|^dfk app: .* at) (https?://[\w.-]+|https?://\[[\w:]+\]):(\d+)",
+                       re.MULTILINE)
+
+#: The environment that makes `mlflow models serve -p 0` bind port 0: MLflow leaves a port of 0 off
+#: the uvicorn command it runs (so uvicorn would take its default, 8000); uvicorn reads its options
+#: from UVICORN_* variables.
+MODELS_SERVE_ANY_PORT = {"UVICORN_PORT": "0"}
+
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, for what cannot bind port 0 itself; another process may take it before it is used."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
@@ -48,34 +67,59 @@ def request(url: str, body: bytes | None = None, content_type: str = "applicatio
             return e.code, {"raw": raw.decode(errors="replace")}
 
 
+def announced_url(log: str) -> str | None:
+    """The base URL (``http://host:port``) a server's log says it listens on, if it has said so yet."""
+    for m in ANNOUNCED.finditer(log):
+        if int(m.group(2)) != 0:
+            return f"{m.group(1)}:{m.group(2)}"
+    return None
+
+
 @contextlib.contextmanager
-def running(cmd: Sequence[str], ready_url: str, env: dict | None = None, cwd: str | os.PathLike | None = None,
+def running(cmd: Sequence[str], ready: str, env: dict | None = None, cwd: str | os.PathLike | None = None,
             timeout: float = 180) -> Iterator[subprocess.Popen]:
-    """Run ``cmd`` until ``ready_url`` answers 200; stop it when the block ends, however it ends."""
+    """Run ``cmd`` until ``ready`` answers 200; stop it when the block ends, however it ends.
+
+    ``ready``: a path (``/ping``) on the URL the server announces in its log (:data:`ANNOUNCED`),
+    for a server started on port 0; or a whole URL. The process comes with ``url``, the server's
+    base URL, and ``log()``, what it wrote so far."""
     env = dict(os.environ if env is None else env)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     # This checkout's dfk first: an environment shared between checkouts may have another one installed.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH")]))
-    log = tempfile.TemporaryFile()  # a file, not a pipe: a chatty server never blocks on a full pipe
-    # A session of its own, so stopping it also stops what it started (`mlflow run` runs the
-    # entry point as a child; servers fork workers).
-    proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log,
-                            start_new_session=True)
+    folder = Path(tempfile.mkdtemp(prefix="dfk-server-"))
+    path = folder / "log"
+    # A file, not a pipe: a chatty server never blocks on a full pipe. Appended to, so that reading
+    # it here never moves where the server writes.
+    with path.open("ab") as out:
+        # A session of its own, so stopping it also stops what it started (`mlflow run` runs the
+        # entry point as a child; servers fork workers).
+        proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, stdout=out, stderr=out, start_new_session=True)
+
+    def log() -> str:
+        return path.read_bytes().decode(errors="replace")
+
+    proc.log = log
     try:
         deadline = time.monotonic() + timeout
+        url = None if ready.startswith("/") else ready
         while True:
-            try:
-                with urllib.request.urlopen(ready_url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
+            if url is None and (base := announced_url(log())) is not None:
+                url = base + ready
+            if url is not None:
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
             if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}: {log.read().decode(errors='replace')[-3000:]}")
+                raise RuntimeError(f"{cmd[0]} exited with {proc.returncode}: {log()[-3000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{ready_url} did not answer within {timeout:.0f} s")
+                raise RuntimeError(f"{url or 'the server'} did not answer within {timeout:.0f} s: {log()[-3000:]}")
             time.sleep(0.5)
+        parts = urllib.parse.urlsplit(url)
+        proc.url = f"{parts.scheme}://{parts.netloc}"
         yield proc
     finally:
         _signal_group(proc, signal.SIGTERM)
@@ -84,7 +128,7 @@ def running(cmd: Sequence[str], ready_url: str, env: dict | None = None, cwd: st
         except subprocess.TimeoutExpired:
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
-        log.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -94,8 +138,8 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def tree_peak_mib(pid: int) -> float:
-    """Peak resident memory (VmHWM) of a process and all its descendants, in MiB, summed."""
+def _tree(pid: int) -> list[int]:
+    """A process and all its descendants."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -104,10 +148,19 @@ def tree_peak_mib(pid: int) -> float:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [pid]
+    tree, todo = [], [pid]
     while todo:
         p = todo.pop()
+        tree.append(p)
         todo += children.get(p, [])
+    return tree
+
+
+def tree_peak_mib(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a process and all its descendants, in MiB, summed: since they
+    started, or since :func:`reset_peaks`."""
+    total = 0
+    for p in _tree(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -116,6 +169,17 @@ def tree_peak_mib(pid: int) -> float:
             pass
     return total / 1024
 
+
+def reset_peaks(pid: int) -> float:
+    """Start the peaks of a process and its descendants again from what they hold now (Linux >= 4.0:
+    ``5`` written to ``/proc/PID/clear_refs``), so that a measurement on a shared server owes nothing
+    to what earlier requests made it hold; that total now, in MiB."""
+    for p in _tree(pid):
+        try:
+            Path(f"/proc/{p}/clear_refs").write_text("5")
+        except FileNotFoundError:
+            pass  # gone meanwhile
+    return tree_peak_mib(pid)
 
 
 def registered_cnn(folder: Path, image_size: int, per_class: int) -> Path:

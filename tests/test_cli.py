@@ -128,21 +128,25 @@ def test_params_mlflow_run_logged_are_logged_once_with_what_was_used():
 
 
 def test_the_mlproject_runs_dfk_commands_with_the_commands_own_defaults():
-    """Each entry point is `python -m dfk COMMAND`; where it declares a default, it is the command's."""
+    """Each entry point is `python -m dfk COMMAND` (a pipeline's `python -m dfk.cli.pipelines NAME`); where it
+    declares a default, it is the command's."""
     import yaml
 
     from dfk.settings import SETTINGS
+    from dfk.cli.pipelines import app as pipelines_app
 
     spec = yaml.safe_load((ROOT / "MLproject").read_text())["entry_points"]
-    assert all(e["command"].startswith("python -m dfk ") for e in spec.values())
+    assert all(e["command"].startswith(("python -m dfk ", "python -m dfk.cli.pipelines ")) for e in spec.values())
     assert spec["register"]["parameters"]["name"]["default"] == SETTINGS.model_name
     assert float(spec["promote"]["parameters"]["margin"]["default"]) == SETTINGS.promotion_margin
     assert spec["main"]["parameters"]["archs"]["default"] == SETTINGS.archs
     assert spec["app"]["parameters"]["model_uri"]["default"] == SETTINGS.champion_uri
-    for name in ("evaluate", "tune", "register", "promote", "gradcam", "app", "synth", "compare", "main"):
+    for name in ("evaluate", "tune", "register", "promote", "gradcam", "app", "synth", "compare", "main", "sweep",
+                 "prepare", "generalization"):
         words = spec[name]["command"].split()[3:]
         command = words[:next(i for i, w in enumerate(words + ["-"]) if w.startswith(("{", "-")))]
-        help_out = runner.invoke(app, [*command, "--help"])
+        cli = pipelines_app if spec[name]["command"].startswith("python -m dfk.cli.pipelines ") else app
+        help_out = runner.invoke(cli, [*command, "--help"])
         assert help_out.exit_code == 0, (name, help_out.output)
         for flag in (w for w in words if w.startswith("--")):
             assert flag in help_out.output, (name, flag)
@@ -183,21 +187,30 @@ def test_the_entry_point_run_ends_with_the_command(args, status, monkeypatch):
     assert mlflow.get_run(run_id).info.status == status
 
 
-def test_a_tracking_server_that_does_not_answer_is_one_line_at_once():
-    """MLflow retries a refused connection for minutes; a mistyped server URI fails before that."""
-    import time
+def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(monkeypatch):
+    """MLflow retries a refused connection for minutes; a mistyped server URI fails on dfk's one
+    probe, before MLflow is asked anything."""
+    import socket
+    import urllib.request
 
-    from bench.localserver import free_port
+    import requests
 
-    uri = f"http://127.0.0.1:{free_port()}"
-    for args, env in (([f"--tracking-uri={uri}", "compare"], {}), (["register"], {"MLFLOW_TRACKING_URI": uri})):
-        start = time.monotonic()
-        result = CliRunner().invoke(app, args, env=env)
-        assert result.exit_code == 2 and time.monotonic() - start < 30
-        assert result.stderr.strip().splitlines() == [
-            f"dfk: error: cannot reach the tracking server {uri}: [Errno 111] Connection refused "
-            "(check MLFLOW_TRACKING_URI or --tracking-uri)"]
-    assert CliRunner().invoke(app, [f"--tracking-uri={uri}", "params"]).exit_code == 0  # needs no server
+    probes, asked = [], []
+    real_urlopen = urllib.request.urlopen
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, *a, **k: probes.append(url) or real_urlopen(url, *a, **k))
+    monkeypatch.setattr(requests.Session, "request", lambda self, method, url, *a, **k: asked.append(url) or
+                        pytest.fail(f"MLflow was asked {method} {url}"))
+    with socket.socket() as held:  # bound, never listening: refused for as long as the test holds it
+        held.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{held.getsockname()[1]}"
+        for args, env in (([f"--tracking-uri={uri}", "compare"], {}), (["register"], {"MLFLOW_TRACKING_URI": uri})):
+            probes.clear()
+            result = CliRunner().invoke(app, args, env=env)
+            assert result.exit_code == 2 and probes == [f"{uri}/health"] and not asked, (probes, asked)
+            assert result.stderr.strip().splitlines() == [
+                f"dfk: error: cannot reach the tracking server {uri}: [Errno 111] Connection refused "
+                "(check MLFLOW_TRACKING_URI or --tracking-uri)"]
+        assert CliRunner().invoke(app, [f"--tracking-uri={uri}", "params"]).exit_code == 0  # needs no server
 
 
 def test_a_tracking_server_lost_mid_command_is_one_line():

@@ -33,3 +33,35 @@ def test_four_trainers_and_a_two_worker_sweep_share_one_fresh_sqlite_store(tmp_p
     assert {r.info.status for r in sweep} == {"FINISHED"} and len(sweep) == 5  # the parent and 4 trials
     (probe,) = mlflow.search_runs(experiment_names=["probe"], output_format="list")
     assert len(client.get_metric_history(probe.info.run_id, "probe")) == len(s.latencies_ms) > 0
+
+
+@pytest.mark.parametrize("refusal", [
+    '(psycopg.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"',  # PostgreSQL
+    "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, datasets.name, datasets.digest",
+], ids=["postgresql", "sqlite"])
+def test_a_dataset_another_run_logs_at_the_same_moment_is_still_logged(tiny_data, monkeypatch, refusal):
+    """MLflow's SQL store checks whether a new dataset exists, then inserts it: of two runs logging it
+    into one experiment at once (two sweep workers starting together; the team test hit it), one
+    fails on the dataset's key and its insert is rolled back. Its training must not fail for that."""
+    from mlflow.exceptions import MlflowException
+
+    from dfk.data.scan import scan
+    from dfk.runs.tracking import log_dataset
+
+    real, calls = mlflow.log_input, []
+
+    def raced(dataset, *a, **k):  # the other run's insert lands between this one's check and insert
+        calls.append(dataset.digest)
+        if len(calls) == 1:
+            with mlflow.start_run(nested=True):
+                real(dataset, *a, **k)
+            raise MlflowException(f"BAD_REQUEST: {refusal}")
+        return real(dataset, *a, **k)
+
+    monkeypatch.setattr(mlflow, "log_input", raced)
+    index = scan(tiny_data)
+    mlflow.set_experiment("race")
+    with mlflow.start_run() as run:
+        log_dataset(index)
+    (logged,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert logged.dataset.digest == index.fingerprint and len(calls) == 2

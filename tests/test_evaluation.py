@@ -66,6 +66,33 @@ def test_metrics_against_hand_computed_values():
     assert m["accuracy"] == pytest.approx(4 / 5)  # at 0.5: the real at 0.7 is the one mistake
     assert m["accuracy_at_threshold"] == pytest.approx(3 / 5)  # at 0.7 the fake at 0.6 is missed too
     assert m["eer"] == pytest.approx(1 / 3) and m["threshold"] == 0.7
+    # Average precision, sum over thresholds of (R_n - R_n-1) * P_n, highest score first:
+    #   0.9 (fake): P 1, R 1/2;  0.7 (real): P 1/2, R 1/2;  0.6 (fake): P 2/3, R 1
+    # = 1/2 * 1 + 0 * 1/2 + 1/2 * 2/3 = 5/6.
+    assert m["average_precision"] == pytest.approx(5 / 6)
+    # At 1% FPR no real may be called fake (3 reals: FPR is 0 or >= 1/3); the fake at 0.9 alone clears
+    # the 0.7 real, so half the fakes are caught.
+    assert m["tpr_at_fpr_1pct"] == pytest.approx(1 / 2)
+    # At 0.5: calls fake 0.6, 0.7, 0.9 -> TP 2, FP 1 (the real at 0.7), FN 0.
+    assert (m["precision"], m["recall"], m["f1"]) == pytest.approx((2 / 3, 1, 4 / 5))
+    # At 0.7: calls fake 0.7, 0.9 -> TP 1, FP 1, FN 1 (the fake at 0.6).
+    assert (m["precision_at_threshold"], m["recall_at_threshold"], m["f1_at_threshold"]) == pytest.approx((1 / 2, 1 / 2, 1 / 2))
+
+
+def test_the_confusion_matrix_and_report_written_count_the_calls_at_the_threshold(tmp_path):
+    import json
+
+    from dfk.metrics.binary import evaluate_predictions, write_report
+
+    write_report(evaluate_predictions(Y, P, threshold=0.7), tmp_path)
+    cm = json.loads((tmp_path / "test_confusion_matrix.json").read_text())
+    # Reals 0.1, 0.2 below 0.7 (TN 2), 0.7 at it (FP 1); fakes 0.9 (TP 1), 0.6 (FN 1).
+    assert (cm["tn"], cm["fp"], cm["fn"], cm["tp"]) == (2, 1, 1, 1)
+    assert cm["matrix"] == [[2, 1], [1, 1]] and cm["labels"] == ["real", "fake"] and cm["threshold"] == 0.7
+    report = json.loads((tmp_path / "test_classification_report.json").read_text())
+    assert (report["fake"]["precision"], report["fake"]["recall"], report["fake"]["support"]) == pytest.approx((1 / 2, 1 / 2, 2))
+    assert (report["real"]["precision"], report["real"]["recall"], report["real"]["support"]) == pytest.approx((2 / 3, 2 / 3, 3))
+    assert report["accuracy"] == pytest.approx(3 / 5)
 
 
 def test_a_single_class_split_gives_nan_for_ranking_metrics_and_numbers_for_the_rest():

@@ -56,8 +56,9 @@ def test_the_main_job_on_the_builtin_set_leaves_a_champion_that_detects():
     assert r.exit_code == 0, r.output
     champion = MlflowClient().get_model_version_by_alias("deepfake-detector", "champion")
     m = mlflow.get_run(champion.run_id).data.metrics
-    # The goal is 0.95 (met in every fresh run so far: 0.950-0.968, docs/BENCHMARKS.md); training on a
-    # CPU is not bit-reproducible and moves the figure by about 0.01, so the guard leaves that margin.
+    # What docs/DEVELOPING.md promises (Tests): >= 0.94. The goal, 0.95, is bench.demo's to measure
+    # (met in every fresh run so far: 0.950-0.971, docs/BENCHMARKS.md); training on a CPU is not
+    # bit-reproducible and moves the figure by about 0.01, so the promise leaves that margin.
     assert m["test_roc_auc"] >= 0.94, m
     assert m["gradcam_pointing_game"] > max(m["gradcam_pointing_game_random"], m["gradcam_pointing_game_centre"]), m
     archs = {x.data.tags["arch"] for x in mlflow.search_runs(experiment_names=["dfk"], output_format="list")

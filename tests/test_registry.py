@@ -1,7 +1,7 @@
 """Register the best run, promote behind a gate, predict from the registry."""
 
 import csv
-from pathlib import Path
+import os
 import time
 
 import mlflow
@@ -13,6 +13,7 @@ from dfk.cli import app
 from dfk.config import TrainConfig
 from dfk.errors import UserError
 from dfk.registry.promotion import promote, register_best
+from dfk.settings import SETTINGS
 from dfk.training.trainer import train
 
 
@@ -66,17 +67,17 @@ def _auc_on_own_test_split(version: str, data) -> float:
     return score_folder(load_detector(f"models:/deepfake-detector/{version}"), scan(data)).clean.metrics["roc_auc"]
 
 
-@pytest.mark.parametrize("side", ["below", "above"])
-def test_promotion_moves_champion_exactly_when_the_gain_clears_the_margin(two_versions, tiny_data, side):
+def test_promotion_judges_both_versions_on_the_same_split_at_the_default_margin(two_versions, tiny_data):
+    """Two trained models: the gain promote reports is what the two versions score apart from it,
+    and the default gate decides by it."""
     gain = _auc_on_own_test_split("2", tiny_data) - _auc_on_own_test_split("1", tiny_data)
-    margin = gain - 1e-6 if side == "below" else gain + 1e-6  # just cleared / just missed
-    d = promote(margin=margin)
-    assert d.promoted is (side == "below")
+    d = promote()
     assert d.metrics["challenger"]["roc_auc"] - d.metrics["champion"]["roc_auc"] == pytest.approx(gain, abs=1e-9)
+    assert d.metrics["margin"] == SETTINGS.promotion_margin and d.promoted is (gain >= SETTINGS.promotion_margin)
     champion = str(MlflowClient().get_model_version_by_alias("deepfake-detector", "champion").version)
-    assert champion == ("2" if side == "below" else "1")
+    assert champion == ("2" if d.promoted else "1")
     if d.promoted:  # a second run has nothing left to do
-        again = promote(margin=margin)
+        again = promote()
         assert not again.promoted and again.reason == "challenger is already the champion"
 
 
@@ -159,40 +160,15 @@ def test_predict_scores_folders_to_csv_and_skips_unreadable(trained_model, tiny_
 
 
 def _fake_versions(monkeypatch, quality: dict[str, float], rng=None):
-    """Registered versions whose scoring is instant: version -> ROC-AUC; ``rng`` adds random pauses
-    at every step of promote, so that two promotes interleave differently every time."""
-    import types
-
-    from dfk.registry import promotion as registry
-
-    from dfk.evaluation import scoring
-
-    from dfk.serving import detector as serving
+    """Registered model ``m`` whose versions' scoring is instant: version -> ROC-AUC; ``rng`` adds
+    random pauses at every step of promote, so that two promotes interleave differently every time."""
+    from tests.fakes import create_versions, scoring_patches
 
     client = mlflow.MlflowClient()
-    client.create_registered_model("m")
-    for _ in quality:
-        client.create_model_version("m", source=str(Path.cwd() / "model"), run_id=None)
+    create_versions(client, "m", len(quality))
     pause = (lambda: time.sleep(rng.random() * 0.05)) if rng else (lambda: None)
-    spec = types.SimpleNamespace(data_dir="d", val_split=0.2, seed=1)
-    monkeypatch.setattr(scoring, "scoring_data", lambda uri, data_dir: (types.SimpleNamespace(spec=spec, fingerprint="f"), "d"))
-    monkeypatch.setattr(scoring, "model_data", lambda uri: None)
-    monkeypatch.setattr(serving, "load_detector", lambda uri: uri.rsplit("/", 1)[-1])
-
-    def score(version, index, *a, **k):
-        pause()
-        auc = quality[version]
-        return types.SimpleNamespace(clean=types.SimpleNamespace(metrics={"roc_auc": auc, "log_loss": 1 - auc,
-                                                                          "accuracy": auc, "eer": 1 - auc}))
-
-    monkeypatch.setattr(scoring, "score_folder", score)
-    real_alias = registry._alias_version
-
-    def slow_alias(*a):
-        pause()
-        return real_alias(*a)
-
-    monkeypatch.setattr(registry, "_alias_version", slow_alias)
+    for module, name, value in scoring_patches(quality, pause):
+        monkeypatch.setattr(module, name, value)
     return client
 
 
@@ -224,6 +200,22 @@ def test_two_promotes_racing_never_leave_a_worse_champion(monkeypatch, seed):
     decided = {v: client.get_model_version("m", v).tags.get("promotion_decision") for v in ("2", "3")}
     assert decided["2"] == "promoted to champion"
     assert not [m for m in client.search_registered_models() if m.name.endswith(".promotion-lock")]
+
+
+@pytest.mark.parametrize("lead", ["2", "3"])
+def test_two_dfk_promote_processes_racing_leave_the_better_champion(tmp_path, lead):
+    """`dfk promote --version 2` and `--version 3`, two processes on one SQLite store, both judging
+    against champion v1 before either moves it (tests/test_team.py races them on a server)."""
+    from tests.fakes import RACE_OUTCOMES, create_versions, race_two_promotes
+
+    client = mlflow.MlflowClient()
+    create_versions(client, "m", 3)
+    client.set_registered_model_alias("m", "champion", "1")
+    said = race_two_promotes(dict(os.environ), lead, tmp_path)
+    assert said in RACE_OUTCOMES.values(), said  # whichever came first, the later one judged against it
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "2"
+    assert client.get_model_version("m", "2").tags["promotion_decision"] == "promoted to champion"
+    assert not [m.name for m in client.search_registered_models() if m.name != "m"]  # no lock left behind
 
 
 def test_a_promote_that_crashed_between_its_record_and_the_alias_is_finished_by_a_rerun(monkeypatch):
@@ -262,3 +254,52 @@ def test_a_lock_left_by_a_dead_promote_is_broken(monkeypatch):
     dead = replace(this_process(), pid=2**22 + 7)
     client.create_registered_model(f"m{LOCK_SUFFIX}", tags={"holder": _json.dumps(asdict(dead)), "token": "t"})
     assert promote("m", version="2").promoted
+
+
+def _champion_and_challenger(monkeypatch, champion_auc: float, challenger_auc: float):
+    client = _fake_versions(monkeypatch, {"1": champion_auc, "2": challenger_auc})
+    client.set_registered_model_alias("m", "champion", "1")
+    client.set_registered_model_alias("m", "challenger", "2")
+    return client
+
+
+@pytest.mark.parametrize("challenger_auc, promoted", [
+    (0.93, True),  # better by six times the margin
+    (0.90 + SETTINGS.promotion_margin / 2, False),  # better, by half the margin: not enough
+    (0.90, False),  # as good
+    (0.85, False),  # worse
+], ids=["better", "better-by-less-than-the-margin", "as-good", "worse"])
+def test_dfk_promote_at_its_default_margin_moves_champion_only_to_a_better_model(monkeypatch, challenger_auc, promoted):
+    client = _champion_and_challenger(monkeypatch, 0.90, challenger_auc)
+    r = CliRunner().invoke(app, ["promote", "--name", "m"])  # no --margin: SETTINGS.promotion_margin
+    assert r.exit_code == 0, r.output
+    gain = challenger_auc - 0.90
+    assert r.stdout.startswith(f"{'promoted' if promoted else 'not promoted'}: challenger v2 roc_auc "
+                               f"{challenger_auc:.4f} vs champion v1 0.9000: {'+' if gain >= 0 else ''}{gain:.4f} "
+                               f"{'>=' if promoted else '<'} margin {SETTINGS.promotion_margin}\n"), r.stdout
+    assert f"champion: models:/m@champion (version {'2' if promoted else '1'})" in r.stdout
+    assert str(client.get_model_version_by_alias("m", "champion").version) == ("2" if promoted else "1")
+    v2 = client.get_model_version("m", "2")
+    assert v2.tags["promotion_decision"] == ("promoted to champion" if promoted else "kept as challenger")
+    assert v2.tags["promotion_margin"] == str(SETTINGS.promotion_margin) and v2.tags["promotion_against"] == "1"
+    assert float(v2.tags["promotion_gain"]) == pytest.approx(gain, abs=1e-6)
+
+
+@pytest.mark.parametrize("side", ["below", "above"])
+def test_the_gate_moves_champion_exactly_when_the_gain_clears_the_margin(monkeypatch, side):
+    client = _champion_and_challenger(monkeypatch, 0.80, 0.85)
+    margin = 0.05 - 1e-6 if side == "below" else 0.05 + 1e-6  # just cleared / just missed
+    d = promote("m", margin=margin)
+    assert d.promoted is (side == "below") and d.champion == ("2" if side == "below" else "1")
+    assert str(client.get_model_version_by_alias("m", "champion").version) == d.champion
+
+
+@pytest.mark.parametrize("margin", [-0.01, float("nan")])
+def test_a_negative_margin_is_refused_before_anything_moves(monkeypatch, margin):
+    client = _champion_and_challenger(monkeypatch, 0.90, 0.85)
+    with pytest.raises(UserError, match=f"margin must be 0 or more .*, got {margin}"):
+        promote("m", margin=margin)
+    r = CliRunner().invoke(app, ["promote", "--name", "m", "--margin", str(margin)])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+    assert "promotion_decision" not in client.get_model_version("m", "2").tags

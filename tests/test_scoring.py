@@ -107,7 +107,8 @@ def test_compare_lists_training_runs_best_first_in_every_format(tiny_data, tmp_p
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)
     assert len(rows) == 2 and rows[0]["test_roc_auc"] >= rows[1]["test_roc_auc"]
-    assert {"arch", "learning_rate", "epochs", "val_auc", "test_accuracy", "duration_s"} <= set(rows[0])
+    assert {"arch", "learning_rate", "epochs_trained", "best_val_roc_auc", "test_accuracy", "test_accuracy_at_threshold",
+            "duration_s"} <= set(rows[0])  # each metric under its MLflow name
     assert (tmp_path / "c.png").exists()
     csv_out = runner.invoke(app, ["compare", "--format", "csv", "--chart", str(tmp_path / "c.png")])
     assert csv_out.stdout.splitlines()[0].startswith("run,experiment,name,arch")

@@ -14,22 +14,20 @@ import pytest
 from PIL import Image
 
 from bench.hostile import ACCEPTED, corpus
-from bench.localserver import free_port, request as _post, running, tree_peak_mib, venv_tool
+from bench.localserver import MODELS_SERVE_ANY_PORT, request as _post, reset_peaks, running, tree_peak_mib, venv_tool
 from dfk.data.decode import DECODE_MEMORY
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, champion):
-    """``mlflow models serve`` of models:/deepfake-detector@champion on a free port."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    """``mlflow models serve`` of models:/deepfake-detector@champion on a port it chose (port 0)."""
     cmd = [venv_tool("mlflow"), "models", "serve", "-m", "models:/deepfake-detector@champion",
-           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", "2"]
-    with running(cmd, f"{base}/ping", env=dict(os.environ, MLFLOW_TRACKING_URI=champion),
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", "0", "-w", "2"]
+    with running(cmd, "/ping", env=dict(os.environ, MLFLOW_TRACKING_URI=champion, **MODELS_SERVE_ANY_PORT),
                  cwd=tmp_path_factory.mktemp("serve"), timeout=120) as proc:
         mlflow.set_tracking_uri(champion)
         model = mlflow.pyfunc.load_model("models:/deepfake-detector@champion")
-        yield base, model, champion, proc
+        yield proc.url, model, champion, proc
 
 
 def _jpegs(tiny_data, n=3):
@@ -134,7 +132,7 @@ def test_the_champion_ships_as_a_container_recipe_built_offline(champion, tmp_pa
     model = out / "model_dir"
     meta = yaml.safe_load((model / "registered_model_meta").read_text())
     assert meta["model_name"] == SETTINGS.model_name
-    assert (model / "code" / "dfk" / "serving.py").is_file() and (model / "artifacts" / "model.keras").is_file()
+    assert (model / "code" / "dfk" / "serving" / "detector.py").is_file() and (model / "artifacts" / "model.keras").is_file()
     mlmodel = yaml.safe_load((model / "MLmodel").read_text())
     assert mlmodel["flavors"]["python_function"]["code"] == "code"
     requirements = (model / "requirements.txt").read_text().split()
@@ -150,7 +148,7 @@ SERVER_GROWTH_MIB = 2 * 5 * DECODE_MEMORY / 2**20
 @pytest.mark.parametrize("clients", [1, 4, 16])
 def test_the_hostile_corpus_gets_200_or_400_and_the_server_stays_within_its_memory_budget(server, tiny_data, clients):
     base, _, _, proc = server
-    before = tree_peak_mib(proc.pid)
+    before = reset_peaks(proc.pid)  # what earlier tests' requests made the shared server hold is not counted
     files = corpus()
 
     def send(name):

@@ -135,6 +135,11 @@ print("FIT OK")
 UPSTREAM_ERROR = "with an unsupported type (<class 'tensorflow.python.distribute.values.PerReplica'>) to a Tensor"
 
 
+#: How a TensorFlow worker fails when its port was taken between being picked and being bound: a
+#: cluster's ports must be known to every worker before any binds, so they cannot be port 0.
+PORT_TAKEN = "Could not start gRPC server"
+
+
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
@@ -145,18 +150,40 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_keras_fit_still_fails_under_multi_worker_mirrored_strategy():
+def _two_workers(folder: Path) -> tuple[list[subprocess.Popen], list[tuple[str, str]]]:
+    """Two workers of one cluster on ports free a moment before; started again on other ports should
+    another process take one meanwhile (its peer, left waiting for it, is stopped)."""
+    import time
+
+    for attempt in range(3):
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
+        logs = [(folder / f"{attempt}-{i}.out", folder / f"{attempt}-{i}.err") for i in range(2)]
+        workers = []
+        for i, (out, err) in enumerate(logs):
+            config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            with out.open("w") as o, err.open("w") as e:
+                workers.append(subprocess.Popen([sys.executable, "-c", MULTI_WORKER], text=True, stdout=o, stderr=e,
+                                                env=_env(TF_CONFIG=config)))
+        give_up = time.monotonic() + 300  # a hang guard
+        try:
+            while any(w.poll() is None for w in workers) and time.monotonic() < give_up:
+                if any(w.poll() is not None and PORT_TAKEN in err.read_text() for w, (_, err) in zip(workers, logs)):
+                    break
+                time.sleep(0.5)
+        finally:
+            for w in workers:
+                if w.poll() is None:
+                    w.kill()
+                w.wait()
+        outputs = [(out.read_text(), err.read_text()) for out, err in logs]
+        if not any(PORT_TAKEN in err for _, err in outputs):
+            break
+    return workers, outputs
+
+
+def test_keras_fit_still_fails_under_multi_worker_mirrored_strategy(tmp_path):
     """Why dfk offers no multi-host strategy. One worker trains (it is plain local training); two fail."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _free_ports(2)]}
-    configs = [json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}) for i in range(2)]
-    workers = [subprocess.Popen([sys.executable, "-c", MULTI_WORKER], text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=_env(TF_CONFIG=config)) for config in configs]
-    try:
-        outputs = [w.communicate(timeout=300) for w in workers]
-    finally:
-        for w in workers:
-            if w.poll() is None:
-                w.kill()
+    workers, outputs = _two_workers(tmp_path)
     if all(w.returncode == 0 and "FIT OK" in out for w, (out, _) in zip(workers, outputs)):
         pytest.fail("MultiWorkerMirroredStrategy now works with Keras fit: revisit docs/SCALING.md")
     for w, (_, err) in zip(workers, outputs):

@@ -21,8 +21,11 @@ import pytest
 from bench.localserver import venv_tool
 from bench.teamserver import mlflow_server, postgres, postgres_bin
 from dfk.settings import SETTINGS
+from tests.fakes import first_trials_together
 
-pytestmark = pytest.mark.integration
+# A hang guard, not a speed limit: on 2 shared cores one of these takes 3-6 minutes, past the
+# suite's 600 s default when the machine is busy.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
 TINY = ["--arch", "cnn", "-P", "epochs=1", "-P", "image_size=32", "-P", "batch_size=8", "-P", "weights=none",
         "-P", "gradcam_images=0"]
@@ -83,11 +86,15 @@ def test_a_team_trains_sweeps_registers_and_serves_through_one_server(pg, tiny_d
         no_uri = {k: v for k, v in env["alice"].items() if k != "MLFLOW_TRACKING_URI"}
         _dfk(["--tracking-uri", server.uri, "train", "-d", str(tiny_data), *TINY], no_uri, alice)
 
-        # Two machines (two folders, two processes) run the same command: one sweep of 4 trials.
+        # Two machines (two folders, two processes) run the same command: one sweep of 4 trials. Each
+        # holds its first trial until the other has one too: both work on the sweep even if one
+        # starts much later (on a loaded machine the first could otherwise run all 4 alone).
         sweep = ["tune", "-d", str(tiny_data), *TINY, "-P", "epochs=2", "--n-trials", "4", "--study-name", "team",
                  "--space", str(space)]
-        workers = [subprocess.Popen([venv_tool("dfk"), *sweep], env={**env[n], "DFK_OPTUNA_STORAGE": optuna_url},
-                                    cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        workers = [subprocess.Popen([venv_tool("dfk"), *sweep], cwd=folder, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True,
+                                    env=first_trials_together({**env[n], "DFK_OPTUNA_STORAGE": optuna_url},
+                                                              tmp_path / "first-trials"))
                    for n, folder in (("alice", alice), ("bob", bob))]
         outputs = [w.communicate(timeout=900)[0] for w in workers]
         assert [w.returncode for w in workers] == [0, 0], outputs
@@ -216,3 +223,24 @@ def test_a_server_behind_basic_auth_lets_in_who_it_should(pg, tiny_data, tmp_pat
             assert _said(r.stderr) == [
                 "dfk: error: the tracking server refused the credentials (HTTP 401): set MLFLOW_TRACKING_USERNAME "
                 "and MLFLOW_TRACKING_PASSWORD to a user of that server"], (command, r.stderr[-2000:])
+
+
+def test_two_promotes_racing_on_the_team_server_leave_the_better_champion(pg, tmp_path):
+    """Two `dfk promote` processes, one server: the promotion lock is a registered model created over
+    HTTP, and whichever promote comes second judges against the champion the first one set."""
+    import mlflow
+
+    from tests.fakes import RACE_OUTCOMES, create_versions, race_two_promotes
+
+    with mlflow_server(pg.create_database("mlflow_race"), tmp_path / "server") as server:
+        client = mlflow.MlflowClient(server.uri)
+        env = _client(server.uri, tmp_path / "team", tmp_path / "cache")
+        for lead in ("2", "3"):
+            name = f"m{lead}"
+            create_versions(client, name, 3)
+            client.set_registered_model_alias(name, "champion", "1")
+            said = race_two_promotes(env, lead, tmp_path / "team", name)
+            assert said in RACE_OUTCOMES.values(), (lead, said)  # whichever came first, the later judged against it
+            assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
+            assert client.get_model_version(name, "2").tags["promotion_decision"] == "promoted to champion"
+        assert sorted(m.name for m in client.search_registered_models()) == ["m2", "m3"]  # no lock left behind

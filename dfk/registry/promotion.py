@@ -32,14 +32,16 @@ class Registered:
     created: bool
 
 
-def best_run(experiment: str | None = None, metric: str = SETTINGS.select_metric, parent_run_id: str | None = None):
+def best_run(experiment: str | None = None, metric: str = SETTINGS.select_metric, parent_run_id: str | None = None,
+             run_ids: tuple[str, ...] = ()):
     """The finished run with a logged model that ranks first by ``metric`` (lower log loss breaks ties),
-    among the training runs of ``experiment`` (every experiment when None) or of one parent run."""
+    among the training runs of ``experiment`` (every experiment when None), of one parent run, or
+    among ``run_ids``."""
     from dfk.runs import tracking
     from dfk.metrics.binary import lower_is_better
 
     runs = tracking.trained_runs(
-        experiment, parent_run_id=parent_run_id, max_results=50,
+        experiment, parent_run_id=parent_run_id, max_results=50, run_ids=tuple(run_ids),
         order_by=[f"metrics.{metric} {'ASC' if lower_is_better(metric) else 'DESC'}", "metrics.test_log_loss ASC"])
     runs = [r for r in runs if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])]
     if not runs:
@@ -50,13 +52,14 @@ def best_run(experiment: str | None = None, metric: str = SETTINGS.select_metric
 
 
 def register_best(experiment: str | None = None, metric: str = SETTINGS.select_metric, name: str = SETTINGS.model_name,
-                  parent_run_id: str | None = None) -> Registered:
-    """Register the best run as a new version (or reuse its version), alias it ``challenger``."""
+                  parent_run_id: str | None = None, run_ids: tuple[str, ...] = ()) -> Registered:
+    """Register the best run as a new version (or reuse its version), alias it ``challenger``.
+    ``run_ids``: choose among those runs (a pipeline's, some reused from an earlier run of it)."""
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    run = best_run(experiment, metric, parent_run_id)
+    run = best_run(experiment, metric, parent_run_id, run_ids)
     existing = [v for v in _versions(client, name) if v.run_id == run.info.run_id]
     created = not existing
     if existing:
@@ -122,6 +125,8 @@ def promote(name: str = SETTINGS.model_name, data_dir: str | None = None, margin
     after a crash between the two judges again and finishes the move."""
     from mlflow import MlflowClient
 
+    if not margin >= 0:  # also NaN: a gate that lets a worse model through (or none at all) is no gate
+        raise UserError(f"margin must be 0 or more (the ROC-AUC a challenger must gain), got {margin}")
     client = MlflowClient()
     challenger = _version(client, name, version) if version else _alias_version(client, name, SETTINGS.challenger)
     if challenger is None:
