@@ -8,7 +8,17 @@ and reports files/memory (goal >= 0.95) and keras/memory. A second part runs one
 epoch over a folder and over one 10x larger in separate processes and compares their peak RSS
 (goal <= 1.1: memory does not grow with the dataset).
 
+The pipeline-only part (``--parts decode``) times the input streams alone, no model, on 6,000
+JPEGs of 256 px, with tf.data given 1 and then 2 threads (``threading.private_threadpool_size``;
+one thread per op): dfk's stream (TensorFlow decodes what the scan routes to it, Pillow the rest),
+the same with Pillow decoding everything (dfk before native decoding), and TensorFlow's own
+pipeline as its tutorials write it (``read_file`` + ``decode_jpeg`` + ``resize``); each as an
+evaluation stream (decode, batch) and as a training stream (shuffle, flip, batch). The feeds take
+turns, ``--rounds`` times, and each figure is the median (other work on a shared machine moves
+single passes by 2x). Goal: dfk >= 0.9x TensorFlow's own, and faster with 2 threads than with 1.
+
     .venv/bin/python -m bench.pipeline            # writes the pipeline section of docs/BENCHMARKS.md
+    .venv/bin/python -m bench.pipeline --parts decode --rounds 5
 """
 
 from __future__ import annotations
@@ -47,7 +57,7 @@ def throughput(arch: str, size: int, root: Path, steps: int, batch: int = 32) ->
     index = scan(root)
     paths, labels = index.paths("train"), index.labels("train")
     cfg = TrainConfig(arch=arch, image_size=size, batch_size=batch)
-    files = make_dataset(paths, labels, size, batch, DecodeFailures(), training=True, cfg=cfg).repeat()
+    files = make_dataset(paths, labels, size, batch, DecodeFailures(), training=True, cfg=cfg, info=index.info).repeat()
     X = np.stack([read_image(p, size) for p in paths]).astype("float32")
     memory = (tf.data.Dataset.from_tensor_slices((X, np.asarray(labels, "float32")))
               .shuffle(len(X)).map(lambda x, y: (tf.image.random_flip_left_right(x), y)).batch(batch).repeat()
@@ -66,6 +76,71 @@ def throughput(arch: str, size: int, root: Path, steps: int, batch: int = 32) ->
     return out
 
 
+def _tf_reference(paths, size: int, batch: int, training: bool):
+    """TensorFlow's own input pipeline, as its tutorials write it (no checks, no fallback)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(list(paths))
+    if training:
+        ds = ds.shuffle(len(paths), reshuffle_each_iteration=True)
+
+    def load(path):
+        image = tf.image.resize(tf.io.decode_jpeg(tf.io.read_file(path), channels=3), (size, size))
+        return tf.image.random_flip_left_right(image) if training else image
+
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)
+
+
+def _with_threads(ds, threads: int):
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = threads
+    options.threading.max_intra_op_parallelism = 1
+    return ds.with_options(options)
+
+
+def _one_pass(ds) -> tuple[float, float]:
+    """(images/s, CPU-µs of this process per image) over one pass of ``ds``."""
+    n, t, cpu = 0, time.perf_counter(), time.process_time()
+    for batch in ds:
+        n += int(batch[0].shape[0] if isinstance(batch, tuple) else batch.shape[0])
+    return n / (time.perf_counter() - t), (time.process_time() - cpu) / n * 1e6
+
+
+def pipeline_only(root: Path, size: int, rounds: int, threads=(1, 2), batch: int = 32) -> dict:
+    """Median images/s (and CPU-µs per image) of each feed, mode and thread count; see the module doc."""
+    import statistics
+
+    from dfk.config import TrainConfig
+    from dfk.data.pipeline import PILLOW, DecodeFailures, make_dataset, route
+    from dfk.data.scan import scan
+
+    index = scan(root)
+    paths = [p for split in ("train", "validation", "test") for p in index.paths(split)]
+    labels = [y for split in ("train", "validation", "test") for y in index.labels(split)]
+    cfg = TrainConfig(image_size=size, batch_size=batch)  # augment: flip, the default
+
+    def feed(name: str, training: bool):
+        if name == "native":
+            return _tf_reference(paths, size, batch, training)
+        return make_dataset(paths, labels, size, batch, DecodeFailures(), training=training,
+                            cfg=cfg if training else None, info=index.info if name == "dfk" else None)
+
+    runs: dict[str, list] = {}
+    for r in range(rounds):
+        for t in threads:
+            for mode, training in (("decode", False), ("train", True)):
+                for name in ("native", "dfk", "pillow"):
+                    rate, cpu = _one_pass(_with_threads(feed(name, training), t))
+                    runs.setdefault(f"{name}/{mode}/{t}", []).append((rate, cpu))
+        print(f"round {r + 1}/{rounds}:", {k: round(v[-1][0]) for k, v in runs.items()}, flush=True)
+    native = sum(route(index.info[p], size)[0] != PILLOW for p in paths)
+    return {"images": len(paths), "size": size, "rounds": rounds, "routed_to_tensorflow": native,
+            "runs": runs, "median": {k: [statistics.median(a for a, _ in v), statistics.median(c for _, c in v)]
+                                     for k, v in runs.items()}}
+
+
 def peak_rss_child(root: str, size: int) -> None:
     """Run in a subprocess: one cnn training epoch over ``root``; print peak RSS in MiB."""
     from dfk.config import TrainConfig
@@ -76,7 +151,8 @@ def peak_rss_child(root: str, size: int) -> None:
 
     index = scan(root)
     cfg = TrainConfig(image_size=size, batch_size=32)
-    ds = make_dataset(index.paths("train"), index.labels("train"), size, 32, DecodeFailures(), training=True, cfg=cfg)
+    ds = make_dataset(index.paths("train"), index.labels("train"), size, 32, DecodeFailures(), training=True, cfg=cfg,
+                      info=index.info)
     model, _ = create_model("cnn", size, weights="none")
     compile_model(model, 1e-4)
     model.fit(ds, epochs=1, verbose=0)
@@ -105,8 +181,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed training steps per measurement")
     parser.add_argument("--sizes", default="128,256")
     parser.add_argument("--archs", default="cnn,resnet")
-    parser.add_argument("--parts", default="throughput,rss", help="what to measure now; the rest is kept from "
-                        "bench/results/pipeline.json")
+    parser.add_argument("--parts", default="throughput,rss,decode", help="what to measure now; the rest is kept "
+                        "from bench/results/pipeline.json")
+    parser.add_argument("--rounds", type=int, default=3, help="turns each feed takes in the pipeline-only part")
+    parser.add_argument("--files", type=int, default=6000, help="256 px JPEGs of the pipeline-only part")
     args = parser.parse_args()
     parts = args.parts.split(",")
 
@@ -132,6 +210,12 @@ def main() -> None:
                                      cwd=Path(__file__).resolve().parents[1])
                 results["rss"][name] = json.loads(out.stdout.strip().splitlines()[-1])
                 print(name, results["rss"][name], flush=True)
+        if "decode" in parts:
+            from bench.kaggle_scale import generate_pool, write_kaggle
+
+            pool, rate = generate_pool(tmp / "pool", 500, 256)
+            write_kaggle(tmp / "decode", args.files, pool)
+            results["decode"] = pipeline_only(tmp / "decode", 256, args.rounds)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
 
@@ -158,7 +242,37 @@ def main() -> None:
             f"{rss['1x']['peak_rss_mib']:.0f} MiB, {rss['10x']['images']} images {rss['10x']['peak_rss_mib']:.0f} MiB; "
             f"ratio **{ratio:.2f}** (goal <= 1.1).",
         ]
+    if results.get("decode"):
+        lines += ["", *_decode_lines(results["decode"])]
     write_section("pipeline", "\n".join(lines))
+
+
+def _decode_lines(d: dict) -> list[str]:
+    m = d["median"]
+    lines = [
+        f"Input streams alone, no model (`--parts decode`): {d['images']:,} JPEGs of {d['size']} px (500 generated "
+        f"images re-encoded at JPEG quality 70-95), batch 32; median of {d['rounds']} turns of images/s, CPU-µs of the "
+        f"process per image in brackets. *TensorFlow*: `read_file` + `decode_jpeg` + `resize`, as its tutorials write "
+        f"it. *dfk*: `make_dataset` with the scan's index ({d['routed_to_tensorflow']:,} of {d['images']:,} files "
+        f"routed to TensorFlow's decoder). *dfk, Pillow only*: without the index, every file decoded by Pillow (dfk "
+        f"before this change). *evaluation*: decode, batch; *training*: shuffle, random flip, batch.",
+        "",
+        "| stream | tf.data threads | TensorFlow | dfk | dfk, Pillow only | dfk / TensorFlow (goal >= 0.9) "
+        "| Pillow only / TensorFlow |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    threads = sorted({int(k.split("/")[2]) for k in m})
+    for mode, label in (("decode", "evaluation"), ("train", "training")):
+        for t in threads:
+            n, f, p = (m[f"{name}/{mode}/{t}"] for name in ("native", "dfk", "pillow"))
+            lines.append(f"| {label} | {t} | {n[0]:,.0f} ({n[1]:.0f}) | {f[0]:,.0f} ({f[1]:.0f}) | {p[0]:,.0f} ({p[1]:.0f}) | "
+                         f"**{f[0] / n[0]:.2f}** | {p[0] / n[0]:.2f} |")
+    if len(threads) > 1:
+        lo, hi = threads[0], threads[-1]
+        lines += ["", "From {} to {} threads: ".format(lo, hi) + ", ".join(
+            f"{name} {m[f'{name}/train/{hi}'][0] / m[f'{name}/train/{lo}'][0]:.2f}x"
+            for name in ("native", "dfk", "pillow")) + " (training stream)."]
+    return lines
 
 
 if __name__ == "__main__":

@@ -160,6 +160,14 @@ def orientation(im: Image.Image) -> int:
     return value if 1 <= value <= 8 else 1
 
 
+def header_orientation(im: Image.Image) -> int:
+    """:func:`orientation` as far as the header tells, without decoding: 0 when only decoding could
+    tell (a PNG's EXIF may sit in an ``eXIf`` or text chunk after its pixels; Pillow then reads it)."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 0
+    return orientation(im)
+
+
 def orient(arr: np.ndarray, value: int) -> np.ndarray:
     """Apply EXIF orientation ``value`` to an (H, W, C) array, as ``PIL.ImageOps.exif_transpose`` does.
 

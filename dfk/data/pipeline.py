@@ -1,15 +1,26 @@
 """The tf.data input pipeline: stream image files from disk, decode in parallel, augment, batch.
 
+Files are decoded by TensorFlow's own JPEG and PNG decoders where those give the same pixels as
+:func:`dfk.data.decode.read_image` (within one level of rounding), and by that Pillow decoder
+otherwise. The scan's index says, per file, which: :func:`route` reads its format, mode, size and
+EXIF orientation. TensorFlow's decoders run on tf.data's threads without Python's GIL, so the input
+keeps up with the accelerator and grows with cores; the Pillow decoder (CMYK, 16-bit, palette,
+alpha, EXIF rotation, WebP, TIFF, ...) holds the GIL for part of each image. Every safety check
+stays: a file goes to TensorFlow only if the scan passed its header and its decoded size is under
+:data:`NATIVE_MAX_BYTES`, and only if, when read for training, its size, dimensions and (PNG) bit
+depth are still what the scan saw; anything else, and any file TensorFlow fails on, is decoded by
+Pillow, which checks it again and records it if bad.
+
 A training set whose decoded pixels fit :data:`CACHE_BYTES` is decoded once and kept in memory;
-a larger one streams, holding only file paths (the shuffle buffer holds paths, not pixels), so
-memory never grows past that budget with the dataset. Files that fail to decode are dropped from the stream and recorded in
-a :class:`DecodeFailures` list that the training run logs.
+a larger one streams, holding only file paths and their routes (the shuffle buffer holds paths,
+not pixels), so memory never grows past that budget with the dataset. Files that fail to decode
+are dropped from the stream and recorded in a :class:`DecodeFailures` list that the training run logs.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +31,54 @@ from dfk.data.decode import BadImage, read_image
 AUTOTUNE = tf.data.AUTOTUNE
 #: Training sets whose decoded pixels (uint8) fit in this many bytes are decoded once and kept in memory.
 CACHE_BYTES = 64 * 2**20
+#: Decoded bytes above which a file goes to the Pillow decoder, whose decodes share the process's
+#: :data:`dfk.data.decode.DECODE_MEMORY`: TensorFlow's decoders run outside it, one per tf.data
+#: thread, so each is kept small (8 MiB: a 1600x1600 RGB picture, or at 256 px a 40 Mpx JPEG, which
+#: libjpeg decodes at 1/8 of its size as Pillow would).
+NATIVE_MAX_BYTES = 8 * 2**20
+
+#: Routes: which decoder a file goes to.
+PILLOW, JPEG, PNG = 0, 1, 2
+#: libjpeg's reduced-size decoding, as Pillow's ``JpegImageFile.draft`` picks it (largest first).
+_JPEG_SCALES = (8, 4, 2, 1)
+#: How the decoded picture is brought to size, as :func:`dfk.data.decode.resize` does.
+_SAME, _AREA, _LINEAR = 0, 1, 2
+
+
+def route(info, size: int) -> tuple[int, int, int, int, int]:
+    """``(decoder, JPEG scale, resize, height, width)`` of a file whose header the scan
+    read (``info``, a :class:`dfk.data.scan.ImageInfo`, or None), to be brought to ``size`` px.
+
+    TensorFlow decodes (``JPEG``/``PNG``) what it turns into the same pixels as the Pillow decoder:
+    8-bit RGB or grayscale JPEG (not CMYK, not MPO) and PNG (not palette, alpha or 16-bit: the bit
+    depth is checked from the file, the mode cannot tell), upright (EXIF orientation 1; a PNG's
+    EXIF, which may follow its pixels, is looked for in the file), shrunk or grown in both sides
+    alike (OpenCV's area interpolation grows differently). Anything else goes to ``PILLOW``.
+    """
+    if info is None:
+        return PILLOW, 0, 0, 0, 0
+    w, h = width, height = info.width, info.height
+    if info.format == "JPEG" and info.mode in ("RGB", "L") and info.orientation == 1:
+        # Pillow's JpegImageFile.draft(mode, (size, size)): the largest scale keeping both sides >= size.
+        most = min(w // size, h // size)
+        scale = next(i for i, s in enumerate(_JPEG_SCALES) if most >= s or s == 1)
+        s = _JPEG_SCALES[scale]
+        decoder, w, h = JPEG, -(-w // s), -(-h // s)
+    elif info.format == "PNG" and info.mode in ("RGB", "L") and info.orientation in (0, 1):
+        decoder, scale = PNG, len(_JPEG_SCALES) - 1
+    else:
+        return PILLOW, 0, 0, 0, 0
+    if w * h * 3 > NATIVE_MAX_BYTES:
+        return PILLOW, 0, 0, 0, 0
+    if w == size and h == size:
+        how = _SAME
+    elif w >= size and h >= size:
+        how = _AREA
+    elif w <= size and h <= size:
+        how = _LINEAR
+    else:
+        return PILLOW, 0, 0, 0, 0
+    return decoder, scale, how, height, width  # the header's dimensions: what the bytes read are checked against
 
 
 class DecodeFailures:
@@ -42,17 +101,131 @@ class DecodeFailures:
 
 
 def _decoder(size: int, failures: DecodeFailures):
+    """Pillow's decode of a vector of paths: (images uint8 (n, size, size, 3), decoded or not (n,))."""
     blank = np.zeros((size, size, 3), np.uint8)
 
-    def load(path: bytes):
-        p = path.decode()
-        try:
-            return read_image(p, size), True
-        except BadImage as exc:
-            failures.add(p, str(exc))
-            return blank, False
+    def load(paths: np.ndarray):
+        images, ok = [], []
+        for path in paths:
+            p = path.decode()
+            try:
+                images.append(read_image(p, size))
+                ok.append(True)
+            except BadImage as exc:
+                failures.add(p, str(exc))
+                images.append(blank)
+                ok.append(False)
+        return (np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)), np.array(ok, bool)
 
     return load
+
+
+def _has(contents: tf.Tensor, marker: bytes) -> tf.Tensor:
+    # A byte search: TensorFlow's regular expressions read UTF-8 and miss bytes in binary data.
+    return tf.size(tf.strings.split(contents, sep=marker)) > 1
+
+
+def _unchanged(contents: tf.Tensor, decoder: int, h, w, nbytes) -> tf.Tensor:
+    """``contents`` if they are the file the scan passed, else empty bytes, which no decoder takes:
+    same length, and a JPEG or PNG header of the same dimensions (a PNG of bit depth 8, grey or RGB,
+    complete, with no EXIF or XMP that could turn it). A failing op, here or in a decoder given foreign
+    or broken bytes (a truncated JPEG fails TensorFlow's decoder as it fails Pillow's), sends the
+    file to Pillow (:func:`_decode_chunks`): so no test here needs to guard the next."""
+    same = tf.cast(tf.strings.length(contents), tf.int64) == nbytes
+    if decoder == JPEG:
+        shape = tf.io.extract_jpeg_shape(contents)  # the header only, never the pixels
+        checks = [shape[0] == h, shape[1] == w, tf.logical_or(shape[2] == 1, shape[2] == 3)]
+    else:
+        dims = tf.io.decode_raw(tf.strings.substr(contents, 16, 8), tf.int32, little_endian=False)
+        depth_and_colour = tf.strings.substr(contents, 24, 2)
+        checks = [tf.strings.substr(contents, 0, 16) == b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+                  dims[0] == w, dims[1] == h,
+                  tf.logical_or(depth_and_colour == b"\x08\x00", depth_and_colour == b"\x08\x02"),
+                  tf.strings.substr(contents, tf.maximum(tf.strings.length(contents) - 8, 0), 4) == b"IEND",
+                  *[tf.logical_not(_has(contents, m)) for m in (b"eXIf", b"XML:com.adobe.xmp", b"Raw profile type exif")]]
+    return tf.where(tf.reduce_all([same, *checks]), contents, b"")
+
+
+def _native(decoder: int, scale: int, how: int, size: int):
+    """TensorFlow's read, check and decode of files of one route: ``(path, h, w, nbytes)`` -> uint8 (size, size, 3).
+    The route is fixed when the graph is built, so the graph holds no branches (each costs a call)."""
+    def decode(path, h, w, nbytes):
+        contents = _unchanged(tf.io.read_file(path), decoder, h, w, nbytes)
+        if decoder == JPEG:
+            # INTEGER_ACCURATE: libjpeg's default IDCT, which Pillow uses (TensorFlow's own default is the fast one).
+            image = tf.io.decode_jpeg(contents, channels=3, ratio=_JPEG_SCALES[scale], dct_method="INTEGER_ACCURATE")
+        else:
+            image = tf.io.decode_png(contents, channels=3)
+        if how != _SAME:
+            image = tf.image.resize(image, (size, size), method="area" if how == _AREA else "bilinear")
+            image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+        image.set_shape((size, size, 3))
+        return image
+
+    return decode
+
+
+def _not_native(path, h, w, nbytes):
+    """The branch of files routed to Pillow: fails, so the chunk leaves them to Pillow."""
+    with tf.control_dependencies([tf.debugging.Assert(False, ["routed to Pillow"])]):
+        return tf.zeros((0, 0, 3), tf.uint8)
+
+
+#: Files a training stream decodes in one tf.data call (an evaluation stream: one batch): enough to
+#: spread the cost of setting a chunk up (~0.3 ms); 6 MiB of 256 px images.
+CHUNK = 64
+
+
+_PLAIN = tf.data.Options()
+_PLAIN.experimental_optimization.apply_default_optimizations = False
+_PLAIN.autotune.enabled = False
+
+
+def _decode_chunks(ds: tf.data.Dataset, size: int, failures: DecodeFailures, deterministic: bool,
+                   routes: Sequence[tuple[int, int, int]], all_native: bool) -> tf.data.Dataset:
+    """Chunks of ``(path, label, branch, h, w, nbytes)`` -> ``(images uint8, labels, paths)`` of the
+    files that decoded, in order (the others are recorded in ``failures``). ``branch`` 0 is Pillow,
+    ``k`` the route ``routes[k - 1]`` (decoder, JPEG scale, resize); ``all_native``: no branch 0.
+
+    TensorFlow decodes, one after the other, the files its route and their bytes allow; any file
+    it did not decode (routed to Pillow, changed since the scan, or broken past its header so that
+    TensorFlow's decoder failed) is then decoded by Pillow, which records why a bad one is bad. (A
+    failing tf.data op cannot be caught inside a graph: ``ignore_errors`` on the chunk's own little
+    dataset drops the file, and the chunk finds it missing.)
+    """
+    load = _decoder(size, failures)
+    branches = [_not_native, *(_native(*r, size) for r in routes)]
+    nothing = (tf.zeros([0], tf.int32), tf.zeros([0, size, size, 3], tf.uint8))
+
+    def native_only(i, path, branch, h, w, nbytes):
+        if all_native and len(routes) == 1:  # the usual folder of one kind of file: no branch at all
+            return i, branches[1](path, h, w, nbytes)
+        image = tf.switch_case(branch, [lambda f=f: f(path, h, w, nbytes) for f in branches])
+        image.set_shape((size, size, 3))
+        return i, image
+
+    def decode_chunk(paths, labels, branch, h, w, nbytes):
+        n = tf.shape(paths)[0]
+        got, native_images = nothing
+        if routes:
+            got, native_images = (
+                tf.data.Dataset.from_tensor_slices((tf.range(n), paths, branch, h, w, nbytes))
+                .map(native_only).ignore_errors().batch(tf.cast(n, tf.int64))
+                .concatenate(tf.data.Dataset.from_tensors(nothing)).take(1)
+                .with_options(_PLAIN).get_single_element())
+
+        def with_pillow():
+            rest = tf.cast(tf.where(tf.math.unsorted_segment_max(tf.ones_like(got), got, n) <= 0)[:, 0], tf.int32)
+            images, ok = tf.numpy_function(load, [tf.gather(paths, rest)], [tf.uint8, tf.bool], stateful=False)
+            at = tf.concat([got, rest], 0)[:, None]
+            images = tf.scatter_nd(at, tf.concat([native_images, tf.reshape(images, [-1, size, size, 3])], 0),
+                                   [n, size, size, 3])
+            ok = tf.scatter_nd(at, tf.concat([tf.ones_like(got, tf.bool), tf.reshape(ok, [-1])], 0), [n])
+            return tf.boolean_mask(images, ok), tf.boolean_mask(labels, ok), tf.boolean_mask(paths, ok)
+
+        return tf.cond(tf.shape(got)[0] == n, lambda: (native_images, labels, paths), with_pillow)
+
+    return ds.map(decode_chunk, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
 
 
 def _gaussian_blur(image: tf.Tensor, max_sigma: float, seed: int | None) -> tf.Tensor:
@@ -92,7 +265,8 @@ def augmenter(cfg: TrainConfig):
             image = image + tf.random.uniform([], -cfg.aug_brightness, cfg.aug_brightness, seed=seed) * 255.0
         if "blur" in augs and cfg.aug_blur_sigma > 0:
             image = _gaussian_blur(image, cfg.aug_blur_sigma, seed)
-        image = tf.clip_by_value(image, 0.0, 255.0)
+        if set(augs) - {"flip"}:  # a flip alone moves pixels, never changes them: no pass over the image
+            image = tf.clip_by_value(image, 0.0, 255.0)
         if "jpeg" in augs and cfg.aug_jpeg_quality < 100:
             image = tf.image.random_jpeg_quality(image / 255.0, cfg.aug_jpeg_quality, 100, seed=seed) * 255.0
         return image
@@ -110,36 +284,44 @@ def make_dataset(
     cfg: TrainConfig | None = None,
     with_paths: bool = False,
     seed: int = 0,
+    info: Mapping[str, object] | None = None,
 ) -> tf.data.Dataset:
     """Batches of ``(images float32 0..255, labels float32)``, plus paths when ``with_paths``.
 
     Training streams are shuffled every epoch and augmented as ``cfg`` says; evaluation streams
-    keep file order so results line up with paths.
+    keep file order so results line up with paths. ``info``: what the scan read of each file's
+    header (:attr:`dfk.data.scan.DatasetIndex.info`); files it describes are decoded by TensorFlow
+    where :func:`route` allows, the others (all, without it) by the Pillow decoder.
     """
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.float32)))
+    planned = [route(info.get(p) if info is not None else None, image_size) for p in paths]
+    routes = sorted({r[:3] for r in planned if r[0] != PILLOW})
+    branch = np.array([routes.index(r[:3]) + 1 if r[0] != PILLOW else 0 for r in planned], np.int32)
+    dims = np.array([r[3:] for r in planned], np.int32).reshape(-1, 2)
+    nbytes = np.array([info[p].file_bytes if info is not None and p in info else 0 for p in paths], np.int64)
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.float32), branch, *dims.T, nbytes))
     # A set whose decoded pixels fit the budget is decoded once and kept (every later epoch skips
     # the decoder, which competes with training for the CPU); a larger one streams from disk.
     in_memory = training and len(paths) * image_size * image_size * 3 <= CACHE_BYTES
     if training and not in_memory:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    load = _decoder(image_size, failures)
-
-    def decode(path, label):
-        image, ok = tf.numpy_function(load, [path], [tf.uint8, tf.bool], stateful=False)
-        image.set_shape((image_size, image_size, 3))
-        ok.set_shape(())
-        return image, label, path, ok
-
-    ds = ds.map(decode, num_parallel_calls=AUTOTUNE, deterministic=not training)
-    ds = ds.filter(lambda image, label, path, ok: ok)
-    if in_memory:  # kept as uint8, shuffled after the cache so every epoch gets a new order
-        ds = ds.cache().shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda image, label, path, ok: (tf.cast(image, tf.float32), label, path, ok))
     aug = augmenter(cfg) if (training and cfg is not None) else None
-    if aug is not None:
-        ds = ds.map(lambda image, label, path, ok: (aug(image), label, path, ok), num_parallel_calls=AUTOTUNE)
+    # Decoded a chunk of files at a time; an evaluation stream's chunks are its batches (each
+    # tf.data step per image, a call or a copy, costs about a tenth of decoding a 256 px JPEG).
+    one_by_one = in_memory or aug is not None
+    ds = _decode_chunks(ds.batch(CHUNK if one_by_one else batch_size), image_size, failures,
+                        deterministic=not training, routes=routes, all_native=not (branch == 0).any())
+    if one_by_one:
+        ds = ds.unbatch()
+        if in_memory:  # kept as uint8, shuffled after the cache so every epoch gets a new order
+            ds = ds.cache().shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        if aug is not None:
+            ds = ds.map(lambda image, label, path: (aug(tf.cast(image, tf.float32)), label, path),
+                        num_parallel_calls=AUTOTUNE)
+        ds = ds.batch(batch_size)
+    else:  # a batch whose every file failed
+        ds = ds.filter(lambda images, labels, paths: tf.shape(images)[0] > 0)
     if with_paths:
-        ds = ds.map(lambda image, label, path, ok: (image, label, path))
+        ds = ds.map(lambda images, labels, paths: (tf.cast(images, tf.float32), labels, paths))
     else:
-        ds = ds.map(lambda image, label, path, ok: (image, label))
-    return ds.batch(batch_size).prefetch(AUTOTUNE)
+        ds = ds.map(lambda images, labels, paths: (tf.cast(images, tf.float32), labels))
+    return ds.prefetch(AUTOTUNE)

@@ -195,31 +195,35 @@ class HeaderCache:
         except (OSError, ValueError, KeyError, TypeError):
             pass  # no cache yet, or one from another version: every header is read
 
-    def check(self, path: Path, rel: str) -> tuple[list, bool]:
-        """``[size, mtime_ns, inode, ImageInfo fields or None, error or None]`` for ``path``; and
-        whether it came from the cache. Thread-safe (reads only)."""
+    def cached(self, path: str, rel: str) -> tuple[list, bool]:
+        """``[size, mtime_ns, inode, ImageInfo fields or None, error or None]`` for ``path`` and True
+        when the cache has it as it is now; else its stamp (or why it cannot be read: an entry) and False."""
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            return [0, 0, 0, None, f"cannot read file ({exc.strerror})"], True  # (not kept: racy-marked)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        entry = self.old.get(rel)
+        return (entry, True) if entry is not None and entry[:3] == stamp else (stamp, False)
+
+    @staticmethod
+    def read(path: str, stamp: list) -> list:
+        """The entry of a file the cache did not have: its header read now (thread-safe)."""
         import time
 
         from dfk.data.decode import BadImage
 
         try:
-            st = os.stat(path)
-        except OSError as exc:
-            return [0, 0, 0, None, f"cannot read file ({exc.strerror})"], False
-        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
-        entry = self.old.get(rel)
-        if entry is not None and entry[:3] == stamp:
-            return entry, True
-        try:
-            entry = [*stamp, list(dataclasses.astuple(probe(str(path)))), None]
+            entry = [*stamp, list(dataclasses.astuple(probe(path))), None]
         except BadImage as exc:
             entry = [*stamp, None, str(exc)]
-        # The stat before the read: a file changed in between has a newer stamp next time, so is read again.
-        return entry if time.time_ns() - st.st_mtime_ns > _RACY_NS else [0, 0, 0, *entry[3:]], False
+        # The stat was before the read: a file changed in between has a newer stamp next time, so is
+        # read again. A file modified just now may change again within the same tick: not kept.
+        return entry if time.time_ns() - stamp[1] > _RACY_NS else [0, 0, 0, *entry[3:]]
 
     def keep(self, rel: str, entry: list, hit: bool) -> None:
-        self.hits += hit
-        if entry[0] or entry[1]:  # not racy
+        self.hits += hit and entry[1] != 0
+        if entry[0] or entry[1]:  # not racy, not unreadable
             self.new[rel] = entry
 
     def save(self) -> None:
@@ -270,28 +274,35 @@ def scan(
     images = [(s, y, f) for s, y, f in candidates if f.suffix.lower() in IMAGE_EXTENSIONS]
     index = DatasetIndex(str(root), layout, {s: [] for s in SPLITS}, ignored_files=len(candidates) - len(images))
 
+    # Files the header cache has as they are now are not read again; the others are, in threads.
     headers = HeaderCache(root)
-
-    def check(item):
-        rel = item[2].relative_to(root).as_posix()
-        return item, rel, *headers.check(item[2], rel)
-
-    digest = hashlib.sha256()
+    prefix = str(root) + os.sep
+    rels = [str(f)[len(prefix):].replace(os.sep, "/") if str(f).startswith(prefix) else f.relative_to(root).as_posix()
+            for _, _, f in images]
+    looked = [headers.cached(str(f), rel) for (_, _, f), rel in zip(images, rels)]
+    to_read = [k for k, (_, hit) in enumerate(looked) if not hit]
+    if progress is not None and len(images) - len(to_read):
+        progress(len(images) - len(to_read))
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for n, ((split, label, f), rel, entry, hit) in enumerate(pool.map(check, images), start=1):
+        for n, (k, entry) in enumerate(zip(to_read, pool.map(lambda k: headers.read(str(images[k][2]), looked[k][0]),
+                                                              to_read)), start=1):
+            looked[k] = (entry, False)
             if progress is not None and n % 256 == 0:
                 progress(256)
-            headers.keep(rel, entry, hit)
-            if entry[4] is not None:
-                index.bad_files.append((str(f), entry[4]))
-                continue
-            info = ImageInfo(*entry[3])
-            split = split or _split_of(rel, val_split, seed)
-            index.samples[split].append((str(f), label))
-            index.info[str(f)] = info
-            digest.update(f"{split}\t{label}\t{rel}\t{info.file_bytes}\n".encode())
-    if progress is not None:
-        progress(len(images) % 256)
+    if progress is not None and len(to_read) % 256:
+        progress(len(to_read) % 256)
+
+    digest = hashlib.sha256()
+    for (split, label, f), rel, (entry, hit) in zip(images, rels, looked):
+        headers.keep(rel, entry, hit)
+        if entry[4] is not None:
+            index.bad_files.append((str(f), entry[4]))
+            continue
+        info = ImageInfo(*entry[3])
+        split = split or _split_of(rel, val_split, seed)
+        index.samples[split].append((str(f), label))
+        index.info[str(f)] = info
+        digest.update(f"{split}\t{label}\t{rel}\t{info.file_bytes}\n".encode())
     index.fingerprint = digest.hexdigest()[:16]
     index.headers_cached = headers.hits
     headers.save()

@@ -165,7 +165,9 @@ class _Streams:
 
         failures = DecodeFailures()
         # fit splits each batch across the replicas: the stream yields batch_size per replica.
-        common = dict(image_size=cfg.image_size, batch_size=place.global_batch(cfg.batch_size), failures=failures)
+        # the scan's header of each file routes it to TensorFlow's own decoder or to Pillow (make_dataset)
+        common = dict(image_size=cfg.image_size, batch_size=place.global_batch(cfg.batch_size), failures=failures,
+                      info=index.info)
         return cls(make_dataset(index.paths("train"), index.labels("train"), training=True, cfg=cfg, seed=cfg.seed,
                                 **common),
                    make_dataset(index.paths("validation"), index.labels("validation"), **common), common, failures)
