@@ -117,12 +117,16 @@ def mlflow_ui_screenshots(store: str, experiment: str, out: Path) -> None:
     q = urllib.parse.quote
     # name -> (page, JavaScript that is true once the page shows what it is taken for)
     has_text = f"return document.body.innerText.includes({json.dumps(name)})"
+    # the runs list shows top-level runs: a pipeline's training runs are children of its run
+    parent = best.data.tags.get("mlflow.parentRunId")
+    listed = mlflow.get_run(parent).info.run_name if parent else name
+    on_list = f"return document.body.innerText.includes({json.dumps(listed)})"
     has_plot = "return document.querySelectorAll('.js-plotly-plot, canvas, svg.main-svg, .recharts-surface').length > 0"
     has_image = ("return [...document.querySelectorAll('img')].some(i => i.complete && i.naturalWidth > 0"
                  " && i.getBoundingClientRect().width > 200)")
     artifacts = f"#/experiments/{e}/runs/{run_id}/artifacts"
     pages = {
-        "ui_runs.png": (f"#/experiments/{e}/runs", has_text),
+        "ui_runs.png": (f"#/experiments/{e}/runs", on_list),
         "ui_run_overview.png": (f"#/experiments/{e}/runs/{run_id}", has_text + " && document.body.innerText.includes('Parameters')"),
         "ui_run_metrics.png": (f"#/experiments/{e}/runs/{run_id}/model-metrics", has_plot),
         "ui_confusion_matrix.png": (f"{artifacts}/evaluation/test_confusion_matrix.png", has_image),
