@@ -283,21 +283,25 @@ def read_image(path: str, size: int | None = None) -> np.ndarray:
     return decode_image(read_bytes(path), size)
 
 
-def collect_images(inputs: Sequence[str | os.PathLike]) -> list[Path]:
-    """Image files named directly or found (recursively, hidden files skipped) in folders."""
+def collect_images(inputs: Sequence[str | os.PathLike], extensions: frozenset[str] | set[str] | None = None,
+                   what: str = "image") -> list[Path]:
+    """Files named directly, or found (recursively, hidden files skipped) in folders with one of
+    ``extensions`` (default: the image formats)."""
     from dfk.errors import UserError
+
+    wanted = IMAGE_EXTENSIONS if extensions is None else extensions
 
     found: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in wanted
                             and not any(part.startswith(".") for part in p.relative_to(item).parts))
         elif item.exists():
             found.append(item)
         else:
             raise UserError(f"{item} does not exist")
     if not found:
-        raise UserError(f"no image files in {', '.join(map(str, inputs))}")
+        raise UserError(f"no {what} files in {', '.join(map(str, inputs))}")
     return found
 
 

@@ -162,23 +162,10 @@ def write_timeline(v: VideoVerdict, folder: Path, stem: str) -> tuple[Path, Path
 # ----------------------------------------------------------------------------- files and folders
 def collect_media(inputs) -> list[Path]:
     """Image and video files named directly or found (recursively, hidden files skipped) in folders."""
-    from dfk.data.decode import IMAGE_EXTENSIONS
+    from dfk.data.decode import IMAGE_EXTENSIONS, collect_images
     from dfk.data.video import VIDEO_EXTENSIONS
-    from dfk.errors import UserError
 
-    wanted = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
-    found: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            found += sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in wanted
-                            and not any(part.startswith(".") for part in p.relative_to(item).parts))
-        elif item.exists():
-            found.append(item)
-        else:
-            raise UserError(f"{item} does not exist")
-    if not found:
-        raise UserError(f"no image or video files in {', '.join(map(str, inputs))}")
-    return found
+    return collect_images(inputs, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS, "image or video")
 
 
 def score_picture(detector, data: bytes) -> dict:
