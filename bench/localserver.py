@@ -76,6 +76,10 @@ def announced_url(log: str) -> str | None:
 
 
 @contextlib.contextmanager
+#: Seconds a stopped server has to exit (and end its MLflow run) before it is killed.
+STOP_GRACE_S = 60
+
+
 def running(cmd: Sequence[str], ready: str, env: dict | None = None, cwd: str | os.PathLike | None = None,
             timeout: float = 180) -> Iterator[subprocess.Popen]:
     """Run ``cmd`` until ``ready`` answers 200; stop it when the block ends, however it ends.
@@ -123,8 +127,8 @@ def running(cmd: Sequence[str], ready: str, env: dict | None = None, cwd: str | 
         yield proc
     finally:
         _signal_group(proc, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
+        try:  # a server ends its runs on SIGTERM; on a loaded machine that can take a while before SIGKILL
+            proc.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
