@@ -75,11 +75,11 @@ def announced_url(log: str) -> str | None:
     return None
 
 
-@contextlib.contextmanager
 #: Seconds a stopped server has to exit (and end its MLflow run) before it is killed.
 STOP_GRACE_S = 60
 
 
+@contextlib.contextmanager
 def running(cmd: Sequence[str], ready: str, env: dict | None = None, cwd: str | os.PathLike | None = None,
             timeout: float = 180) -> Iterator[subprocess.Popen]:
     """Run ``cmd`` until ``ready`` answers 200; stop it when the block ends, however it ends.
