@@ -116,3 +116,8 @@ ExperimentScope = Annotated[Optional[str], typer.Option(
 def _report_skip(path: Path, reason: str) -> None:
     typer.echo(f"dfk: skipped {path}: {reason}", err=True)
 
+
+# The options a sweep takes, shared by `dfk tune` and the sweep pipeline.
+ObjectiveOption = Annotated[str, typer.Option(help="Per-epoch validation metric to optimise.")]
+PrunerOption = Annotated[str, typer.Option(help="median, hyperband or none.")]
+WorkersOption = Annotated[int, typer.Option(help="Processes working on the same study.")]

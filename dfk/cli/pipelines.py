@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from dfk.cli.common import (TRAINING_OVERRIDES, ArchOption, DataDirOption, ParamOption, _quiet_tensorflow, _unset,
-                            parse_overrides, user_errors)
+from dfk.cli.common import (TRAINING_OVERRIDES, ArchOption, DataDirOption, ObjectiveOption, ParamOption, PrunerOption,
+                            WorkersOption, _quiet_tensorflow, _unset, parse_overrides, user_errors)
 from dfk.cli.training import main_cmd
 from dfk.config import TrainConfig
 from dfk.errors import UserError
@@ -33,10 +33,10 @@ def sweep(
     data_dir: DataDirOption = None,
     param: ParamOption = None,
     n_trials: Annotated[int, typer.Option(help="Trials the sweep adds to its study.")] = SETTINGS.n_trials,
-    objective: Annotated[str, typer.Option(help="Per-epoch validation metric to optimise.")] = SETTINGS.objective,
-    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = SETTINGS.pruner,
+    objective: ObjectiveOption = SETTINGS.objective,
+    pruner: PrunerOption = SETTINGS.pruner,
     study_name: Annotated[Optional[str], typer.Option(help="Resume this study (or start it); default: a new one.")] = None,
-    workers: Annotated[int, typer.Option(help="Processes working on the same study.")] = SETTINGS.workers,
+    workers: WorkersOption = SETTINGS.workers,
     margin: Annotated[float, typer.Option(min=0.0, help="ROC-AUC the best trial must gain to become champion.")] = SETTINGS.promotion_margin,
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the pipeline's runs.")] = SETTINGS.experiment,
     force: ForceOption = False,

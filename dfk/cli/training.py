@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from dfk.cli.common import (TRAINING_OVERRIDES, ArchOption, DataDirOption, ParamOption,
-                            _quiet_tensorflow, _unset, app, parse_overrides, user_errors)
+from dfk.cli.common import (TRAINING_OVERRIDES, ArchOption, DataDirOption, ObjectiveOption, ParamOption, PrunerOption,
+                            WorkersOption, _quiet_tensorflow, _unset, app, parse_overrides, user_errors)
 from dfk.config import TrainConfig
 from dfk.settings import SETTINGS
 
@@ -126,9 +126,9 @@ def tune(
     param: ParamOption = None,
     n_trials: Annotated[int, typer.Option(help=(
         "Trials the sweep adds to the study (joining a sweep in progress: that sweep's count stands)."))] = SETTINGS.n_trials,
-    objective: Annotated[str, typer.Option(help="Per-epoch validation metric to optimise.")] = SETTINGS.objective,
+    objective: ObjectiveOption = SETTINGS.objective,
     direction: Annotated[Optional[str], typer.Option(help="maximize or minimize (default: minimize for losses).")] = None,
-    pruner: Annotated[str, typer.Option(help="median, hyperband or none.")] = SETTINGS.pruner,
+    pruner: PrunerOption = SETTINGS.pruner,
     study_name: Annotated[Optional[str], typer.Option(help=(
         "Resume this study (or start it), or join its sweep in progress from another machine on the same "
         "storage; default: a new one."))] = None,
@@ -136,7 +136,7 @@ def tune(
         "Optuna storage URL (or DFK_OPTUNA_STORAGE; under mlflow run use that: a -P value is logged as a "
         "run parameter, password included); default: optuna.db beside the tracking store."))] = None,
     space: Annotated[Optional[str], typer.Option(help="YAML file overriding the search space.")] = None,
-    workers: Annotated[int, typer.Option(help="Processes working on the same study.")] = SETTINGS.workers,
+    workers: WorkersOption = SETTINGS.workers,
     experiment: Annotated[str, typer.Option(help="MLflow experiment of the sweep.")] = SETTINGS.tune_experiment,
 ) -> None:
     """Optuna sweep: one parent MLflow run, each trial a child run; pruned and failed trials marked."""

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from dfk.config import BUILTIN_DATA, TrainConfig
-from dfk.data.layout import (CLASSES, EXPECTED, SPLIT_ALIASES, SPLITS, _candidates, _children,  # noqa: F401
-                             _class_dirs, _is_hidden, _split_of, _walk_files, locate)
+from dfk.data.layout import CLASSES, SPLITS, _candidates, _split_of, locate
 from dfk.errors import UserError
 
 

@@ -250,7 +250,7 @@ def predict_media(detector, files, batch_size: int, sampling: Sampling = Samplin
 def video_folder(data_dir: str | Path, split: str = "test") -> list[tuple[Path, int]] | None:
     """``(video, label)`` for the videos of a Fake|Real folder (or its ``split`` of a Train|Validation|Test
     one); None when the folder holds no video (it is then a folder of images)."""
-    from dfk.data.scan import CLASSES, SPLIT_ALIASES
+    from dfk.data.layout import CLASSES, SPLIT_ALIASES
     from dfk.data.video import is_video
 
     root = Path(data_dir)
