@@ -24,25 +24,46 @@ def data_synth(
     test: Annotated[Optional[int], typer.Option(help="Images per class in Test.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Side of the square images in pixels.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Generator seed; the same seed gives the same files.")] = None,
-    manipulations: Annotated[Optional[str], typer.Option(
-        help="Comma-separated kinds fakes draw from (splice, upsample, colour, double_jpeg); default: all.")] = None,
-    photos: Annotated[Optional[str], typer.Option(
-        help="Folder of photographs to crop reals (and splice donors) from; default: the built-in ones.")] = None,
+    manipulations: Annotated[Optional[str], typer.Option(help=(
+        "Comma-separated kinds fakes draw from: splice, upsample, colour, double_jpeg (the default set), "
+        "self_blend, boundary_blend, copy_move, inpaint, resample, retouch, noise."))] = None,
+    photos: Annotated[Optional[str], typer.Option(help=(
+        "Folder of photographs to crop reals (and splice donors) from, or 'pretrain' for the pre-training "
+        "corpus; default: the built-in ones."))] = None,
     shifted: Annotated[bool, typer.Option(
         help="Forgery parameters the default set never uses (for cross-domain tests).")] = False,
+    broad: Annotated[bool, typer.Option(help=(
+        "Every region shape, traces from strong to subtle, and resampling and JPEG re-compression applied "
+        "to reals and fakes alike (for pre-training)."))] = False,
+    from_reals: Annotated[Optional[Path], typer.Option("--from-reals", metavar="DIR", help=(
+        "Make a complete set from a folder of your own REAL photographs only: reals are random crops of "
+        "them, fakes are self-blended and boundary-blended forgeries of them (no fake examples needed). "
+        "Short for --photos DIR --manipulations self_blend,boundary_blend --broad."))] = None,
 ) -> None:
-    """Write the built-in synthetic forgery set (with manipulation masks) into OUT."""
+    """Write a synthetic forgery set (with manipulation masks) into OUT: the built-in one by default.
+
+    Example, a fine-tuning set from your own photographs: dfk data synth data/mine --from-reals ~/Pictures/holiday
+    """
     import dataclasses
 
     from rich.progress import Progress
 
-    from dfk.data.synth import SynthSpec, generate
+    from dfk.data.synth import SELF_BLENDS, SynthSpec, generate, source_photos
+    from dfk.errors import UserError
 
     kinds = tuple(m.strip() for m in manipulations.split(",") if m.strip()) if manipulations is not None else None
+    if from_reals is not None:
+        if photos is not None:
+            raise UserError("give --from-reals DIR or --photos DIR, not both")
+        if not from_reals.expanduser().is_dir():
+            raise UserError(f"--from-reals {from_reals}: no such folder; give a folder of your real photographs")
+        photos, kinds, broad = str(from_reals.expanduser()), kinds or SELF_BLENDS, not shifted
     given = dict(train=train, validation=validation, test=test, image_size=image_size, seed=seed,
-                 manipulations=kinds, photos=photos, shifted=shifted or None)
+                 manipulations=kinds, photos=photos, shifted=shifted or None, broad=broad or None)
     spec = dataclasses.replace(SynthSpec(), **{k: v for k, v in given.items() if v is not None})
     spec.validate()
+    if from_reals is not None:
+        source_photos(spec.photos)  # a folder without 2 readable photographs fails before anything is written
     total = 2 * (spec.train + spec.validation + spec.test)
     with Progress(transient=True) as bar:
         task = bar.add_task("writing images", total=total)

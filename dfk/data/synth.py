@@ -1,9 +1,10 @@
 """The built-in synthetic forgery set: real photographs and forgeries with ground-truth masks.
 
 Real images are random crops (scale, position, flip, mild colour jitter) of photographs that ship
-inside scikit-image and scikit-learn (or of any folder of photographs: ``photos``). Each fake
-starts as such a crop, then one or two of the traces real forgeries leave are applied inside a
-region of random position and size (an ellipse; a polygon in the ``shifted`` domain):
+inside scikit-image and scikit-learn (``photos="builtin"``), of a larger corpus for pre-training
+(``"pretrain"``), or of any folder of photographs. Each fake starts as such a crop, then one or two
+manipulations (:mod:`dfk.data.forgeries`) are applied inside a region of random position, size
+and shape (:mod:`dfk.data.regions`). The default set uses the classic four:
 
 * ``splice``: the region comes from another photograph, blended with a feathered seam;
 * ``upsample``: generator-style up-sampling: nearest-neighbour blocks, a transposed-convolution
@@ -11,9 +12,19 @@ region of random position and size (an ellipse; a polygon in the ``shifted`` dom
 * ``colour``: a colour / illumination mismatch of the region;
 * ``double_jpeg``: the region was JPEG-compressed before, on a shifted 8x8 grid.
 
-Reals and fakes are saved the same way (JPEG, same quality range, same size), so the container
-gives nothing away (``dfk data inspect`` checks). The region of every fake is written as a PNG
-mask under ``masks/<Split>/<file stem>.png`` for scoring Grad-CAM.
+The other families teach traces that generalize across generators: ``self_blend`` and
+``boundary_blend`` (Self-Blended Images, Face X-ray: the blending boundary and a statistics
+mismatch of real images blended with themselves or a colour-matched other photograph), and
+``copy_move``, ``inpaint``, ``resample``, ``retouch``, ``noise``. Pre-training draws only from
+``PRETRAIN_MANIPULATIONS`` on ``PRETRAIN_PHOTOS`` with ``broad`` forgeries, so the held-out
+manipulations and photographs (``HELD_OUT_MANIPULATIONS``, ``HELD_OUT_PHOTOS``) can score the
+shipped weights on what they never saw. Given only real photographs (``photos=DIR``,
+``manipulations=SELF_BLENDS``), a complete set is made with no fake examples at all.
+
+Reals and fakes are saved the same way (JPEG, same quality range, same size, and with ``broad``
+the same distribution of resampling and re-compression chains), so the container gives nothing
+away (``dfk data inspect`` checks). The region of every fake is written as a PNG mask under
+``masks/<Split>/<file stem>.png`` for scoring Grad-CAM.
 
 Images are written at the size models train on (64 px by default): a detector of re-sampling
 traces must not see them re-sampled once more by the loader.
@@ -28,7 +39,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -39,41 +52,30 @@ from typing import Callable
 import numpy as np
 
 from dfk.config import BUILTIN_IMAGE_SIZE
+from dfk.data.forgeries import (ALL_MANIPULATIONS, HELD_OUT_MANIPULATIONS, MANIPULATIONS,  # noqa: F401 (re-exported)
+                                PRETRAIN_MANIPULATIONS, SEAMED, SELF_BLENDS, forge_region, jpeg_roundtrip)
+from dfk.data.regions import (BROAD_FORGERIES, DEFAULT_FORGERIES, SHIFTED_FORGERIES,  # noqa: F401 (re-exported)
+                              ForgeryParams, region_mask)
 from dfk.errors import UserError
 
-#: Bump when the generator changes, so cached copies are rebuilt.
+#: Bump when the generator changes, so cached copies are rebuilt. The default and shifted sets are
+#: still written byte for byte as version 2 wrote them (a test pins that), so it stays 2.
 GENERATOR_VERSION = 2
-MANIPULATIONS = ("splice", "upsample", "colour", "double_jpeg")
-#: Manipulations that paste a region and so leave a blending seam around it.
-SEAMED = frozenset({"splice", "colour", "double_jpeg"})
 SPLIT_DIRS = {"train": "Train", "validation": "Validation", "test": "Test"}
 #: ``photos`` value for the photographs that ship inside scikit-image and scikit-learn.
 BUILTIN_PHOTOS = "builtin"
+#: ``photos`` value for the pre-training corpus: the built-in photographs, the other photographs
+#: found inside installed Python packages, and Debian's gnome-backgrounds and mate-backgrounds
+#: (abstract, desktop). Nothing is downloaded.
+PRETRAIN_PHOTOS = "pretrain"
+#: Kept out of the pre-training corpus: the independent photographs cross-domain and few-shot
+#: protocols score shipped weights on.
+HELD_OUT_PHOTOS = "/usr/share/backgrounds/mate/nature"
+PRETRAIN_FOLDERS = ("/usr/share/backgrounds/gnome", "/usr/share/backgrounds/mate/abstract",
+                    "/usr/share/backgrounds/mate/desktop")
 #: Photographs taken from a folder are first shrunk to at most this side (bounded memory).
 MAX_PHOTO_SIDE = 1024
-
-
-@dataclass(frozen=True)
-class ForgeryParams:
-    """The ranges one domain of forgeries draws from; ``SHIFTED`` shares none of ``DEFAULT``'s."""
-
-    jpeg_quality: tuple[int, int]  # both classes are saved with a quality from this range
-    upsample_factors: tuple[int, ...]  # generator-style nearest-neighbour up-sampling factors
-    checker: tuple[float, float]  # transposed-convolution checkerboard amplitude (0..255 scale)
-    double_jpeg_quality: tuple[int, int]  # quality of the region's first, misaligned compression
-    colour_gain: float  # at least one channel's gain is off by this much
-    splice_blur: tuple[float, float]  # the donor is softer than the host by this Gaussian sigma
-    seam: tuple[float, float]  # blending-halo amplitude around a pasted region
-    region_size: tuple[float, float]  # region radius as a fraction of the image side
-    polygon: bool  # polygonal regions instead of ellipses
-
-
-DEFAULT_FORGERIES = ForgeryParams(jpeg_quality=(80, 95), upsample_factors=(2, 4), checker=(10, 20),
-                                  double_jpeg_quality=(2, 6), colour_gain=0.4, splice_blur=(0.6, 1.2),
-                                  seam=(30, 50), region_size=(0.15, 0.3), polygon=False)
-SHIFTED_FORGERIES = ForgeryParams(jpeg_quality=(65, 79), upsample_factors=(3,), checker=(4, 9),
-                                  double_jpeg_quality=(10, 20), colour_gain=0.22, splice_blur=(1.3, 2.0),
-                                  seam=(10, 24), region_size=(0.15, 0.35), polygon=True)
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,20 +88,24 @@ class SynthSpec:
     test: int = 300  # images per class in Test: enough that ROC-AUC varies by about 0.01 between draws
     image_size: int = BUILTIN_IMAGE_SIZE
     seed: int = 0
-    manipulations: tuple[str, ...] = MANIPULATIONS  # the kinds fakes draw from
-    photos: str = BUILTIN_PHOTOS  # or a folder of photographs (any of dfk's image formats)
+    manipulations: tuple[str, ...] = MANIPULATIONS  # the kinds fakes draw from (any of ALL_MANIPULATIONS)
+    photos: str = BUILTIN_PHOTOS  # "builtin", "pretrain" or a folder of photographs (any of dfk's image formats)
     shifted: bool = False  # SHIFTED_FORGERIES instead of DEFAULT_FORGERIES
+    broad: bool = False  # BROAD_FORGERIES: every region shape, strong to subtle, resampling and re-compression chains
 
     @property
     def forgeries(self) -> ForgeryParams:
-        return SHIFTED_FORGERIES if self.shifted else DEFAULT_FORGERIES
+        return SHIFTED_FORGERIES if self.shifted else BROAD_FORGERIES if self.broad else DEFAULT_FORGERIES
 
     def validate(self) -> None:
-        bad = [m for m in self.manipulations if m not in MANIPULATIONS]
+        bad = [m for m in self.manipulations if m not in ALL_MANIPULATIONS]
         if bad or not self.manipulations:
-            raise UserError(f"unknown manipulation {', '.join(bad) or '(none given)'}; choose from {', '.join(MANIPULATIONS)}")
-        if self.photos != BUILTIN_PHOTOS and not Path(self.photos).expanduser().is_dir():
-            raise UserError(f"photos folder {self.photos} does not exist; give a folder of photographs or {BUILTIN_PHOTOS}")
+            raise UserError(f"unknown manipulation {', '.join(bad) or '(none given)'}; choose from {', '.join(ALL_MANIPULATIONS)}")
+        if self.photos not in (BUILTIN_PHOTOS, PRETRAIN_PHOTOS) and not Path(self.photos).expanduser().is_dir():
+            raise UserError(f"photos folder {self.photos} does not exist; give a folder of photographs, "
+                            f"{BUILTIN_PHOTOS} or {PRETRAIN_PHOTOS}")
+        if self.shifted and self.broad:
+            raise UserError("shifted and broad forgeries exclude each other; choose one")
         for name in ("train", "validation", "test"):
             if getattr(self, name) < 2:
                 raise UserError(f"{name}={getattr(self, name)} images per class is too few; use at least 2")
@@ -109,7 +115,7 @@ class SynthSpec:
             raise UserError(f"image size {self.image_size} is out of range; use 32 to 1024")
 
     def cache_name(self) -> str:
-        if self.photos != BUILTIN_PHOTOS or self.shifted or self.manipulations != MANIPULATIONS:
+        if self.photos != BUILTIN_PHOTOS or self.shifted or self.broad or self.manipulations != MANIPULATIONS:
             raise ValueError("only sets of the built-in photographs and forgeries are cached")
         return (f"synth-v{GENERATOR_VERSION}-{self.image_size}px-"
                 f"{self.train}-{self.validation}-{self.test}-seed{self.seed}")
@@ -118,9 +124,15 @@ class SynthSpec:
 @lru_cache(maxsize=2)
 def source_photos(photos: str = BUILTIN_PHOTOS) -> tuple[np.ndarray, ...]:
     """The photographs real images are cropped from: the ones shipped inside scikit-image and
-    scikit-learn (no download), or every readable image in the folder ``photos``."""
+    scikit-learn (no download), the pre-training corpus, or every readable image in the folder ``photos``."""
+    if photos == PRETRAIN_PHOTOS:
+        return _builtin_photos() + _pretrain_photos()
     if photos != BUILTIN_PHOTOS:
         return _folder_photos(Path(photos).expanduser())
+    return _builtin_photos()
+
+
+def _builtin_photos() -> tuple[np.ndarray, ...]:
     import skimage.data as sd
     from sklearn.datasets import load_sample_images
 
@@ -133,20 +145,56 @@ def source_photos(photos: str = BUILTIN_PHOTOS) -> tuple[np.ndarray, ...]:
     return tuple(p.astype(np.uint8) for p in photos)
 
 
-def _folder_photos(folder: Path) -> tuple[np.ndarray, ...]:
-    from dfk.data.decode import IMAGE_EXTENSIONS, BadImage, decode_for_display, read_bytes
+def _pretrain_photos() -> tuple[np.ndarray, ...]:
+    import skimage.data as sd
+
+    # Read from scikit-image's own data folder rather than through sd.<name>(): a function whose file
+    # is missing would fetch it from the network.
+    files = [Path(sd.data_dir) / n for n in ("cell.png", "clock_motion.png", "microaneurysms.png", "page.png",
+                                             "text.png", "motorcycle_right.png")]
+    try:
+        from matplotlib import cbook
+
+        files.append(Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    except (ImportError, OSError):  # matplotlib is optional; its sample data may be stripped
+        pass
+    missing = []
+    for folder in map(Path, PRETRAIN_FOLDERS):
+        if not folder.is_dir():
+            missing.append(folder)
+            continue
+        found = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+        stems = {p.stem for p in found}
+        # mate ships some pictures again at other sizes (Elephants_3840x2160.jpg): one copy is enough.
+        files += [p for p in found if not ((m := re.fullmatch(r"(.+)_\d+x\d+", p.stem)) and m.group(1) in stems)]
+    if missing:
+        packages = sorted({"gnome-backgrounds" if "gnome" in str(f) else "mate-backgrounds" for f in missing})
+        _log.warning("pre-training photographs: %s missing; apt-get install %s for the full corpus",
+                     ", ".join(map(str, missing)), " ".join(packages))
+    return _decode_files([f for f in files if f.is_file()])
+
+
+def _decode_files(paths: list[Path]) -> tuple[np.ndarray, ...]:
+    from dfk.data.decode import BadImage, decode_for_display, read_bytes
 
     out = []
-    for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS):
+    for path in paths:
         try:
-            # Reduced as it is decoded (a JPEG at a smaller DCT scale), so big photos fit the decode budget.
-            img = decode_for_display(read_bytes(path), MAX_PHOTO_SIDE)
+            # Reduced as it is decoded (a JPEG at a smaller DCT scale), so big photos fit the decode
+            # budget; alpha, grey and palette images come out RGB.
+            out.append(decode_for_display(read_bytes(path), MAX_PHOTO_SIDE))
         except BadImage:
             continue
-        out.append(img)
+    return tuple(out)
+
+
+def _folder_photos(folder: Path) -> tuple[np.ndarray, ...]:
+    from dfk.data.decode import IMAGE_EXTENSIONS
+
+    out = _decode_files(sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS))
     if len(out) < 2:
         raise UserError(f"{folder} has {len(out)} readable photographs; a set needs at least 2 (splices take a second one)")
-    return tuple(out)
+    return out
 
 
 # ----------------------------------------------------------------------------- image making
@@ -174,94 +222,64 @@ def natural_crop(rng: np.random.Generator, size: int, exclude: int | None = None
     return np.clip(img, 0, 255), k
 
 
-def region_mask(rng: np.random.Generator, size: int, params: ForgeryParams = DEFAULT_FORGERIES) -> np.ndarray:
-    """The forged region as a 0/1 float mask: anywhere in the image, of random size (so a heatmap
-    cannot point at it by looking at the centre); an ellipse, or a random polygon."""
-    import cv2
-
-    mask = np.zeros((size, size), np.uint8)
-    r = size * rng.uniform(*params.region_size)
-    ry = min(r * rng.uniform(1.0, 1.4), size * 0.45)
-    cx, cy = float(rng.uniform(r, size - r)), float(rng.uniform(ry, size - ry))  # wholly inside the image
-    if params.polygon:
-        angles = np.sort(rng.uniform(0, 2 * np.pi, size=int(rng.integers(4, 8))))
-        radii = rng.uniform(0.6, 1.0, size=len(angles))
-        pts = np.stack([cx + r * radii * np.cos(angles), cy + ry * radii * np.sin(angles)], axis=1)
-        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
-    else:
-        cv2.ellipse(mask, (round(cx), round(cy)), (max(2, round(r)), max(2, round(ry))),
-                    float(rng.uniform(-30, 30)), 0, 360, 1, -1)
-    return mask.astype(np.float32)
-
-
-def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", img.astype(np.uint8)[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32)
-
-
-def _splice(img, rng, source, spec: "SynthSpec"):
-    donor, _ = natural_crop(rng, img.shape[0], exclude=source, photos=spec.photos)
-    # The donor was shot elsewhere: it is a little softer or sharper than the host.
-    import cv2
-
-    if rng.random() < 0.5:
-        donor = cv2.GaussianBlur(donor, (0, 0), rng.uniform(*spec.forgeries.splice_blur))
-    return donor, rng.uniform(0.8, 2.0)
-
-
-def _upsample(img, rng, source, spec: "SynthSpec"):
-    import cv2
-
+def forge(img: np.ndarray, rng: np.random.Generator, spec: SynthSpec, source: int
+          ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``img`` (a crop of photograph ``source``) forged: the fake, its 0/1 mask and the kinds applied."""
     size = img.shape[0]
-    f = int(rng.choice(spec.forgeries.upsample_factors))
-    small = cv2.resize(img, (-(-size // f), -(-size // f)), interpolation=cv2.INTER_AREA)
-    region = np.repeat(np.repeat(small, f, axis=0), f, axis=1)[:size, :size]  # nearest-neighbour blocks
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0) * rng.uniform(*spec.forgeries.checker)
-    fx, fy = rng.uniform(0.2, 0.45, size=2)
-    peak = np.sin(2 * np.pi * (fx * xx + fy * yy)) * rng.uniform(0.5, 1.0) * spec.forgeries.checker[1] * 0.6
-    return region + (checker + peak)[..., None], rng.uniform(0.5, 1.0)
+    return forge_region(img, rng, spec.manipulations, spec.forgeries,
+                        donor=lambda r: natural_crop(r, size, exclude=source, photos=spec.photos)[0])
 
 
-def _colour(img, rng, source, spec: "SynthSpec"):
-    off = spec.forgeries.colour_gain
-    gains = rng.uniform(1 - off, 1 + off, size=3)
-    gains[int(rng.integers(3))] = rng.choice([1 - off, 1 + off])  # at least one channel clearly off
-    gamma = rng.uniform(0.75, 1.3)
-    region = 255.0 * (np.clip(img, 0, 255) / 255.0) ** gamma * gains
-    return region, rng.uniform(1.0, 2.5)
+def make_fake(rng: np.random.Generator, spec: SynthSpec, size: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A forged image (``size`` px, default the spec's), its binary mask and the manipulations applied."""
+    img, source = natural_crop(rng, size or spec.image_size, photos=spec.photos)
+    return forge(img, rng, spec, source)
 
 
-def _double_jpeg(img, rng, source, spec: "SynthSpec"):
-    dy, dx = (int(v) for v in rng.integers(1, 8, size=2))
-    shifted = np.roll(img, (dy, dx), axis=(0, 1))
-    lo, hi = spec.forgeries.double_jpeg_quality
-    region = np.roll(_jpeg_roundtrip(shifted, int(rng.integers(lo, hi + 1))), (-dy, -dx), axis=(0, 1))
-    return region, rng.uniform(0.5, 1.0)
+@dataclass(frozen=True)
+class Chain:
+    """What happens to an image once made, drawn alike for reals and fakes so it tells nothing of the
+    label: what a picture goes through when it is shared (resized, re-compressed)."""
+
+    work: int  # side the image is made (and forged) at, then reduced to the output size
+    interpolation: int  # cv2 flag of every resize
+    rescale: float  # down to this fraction of the side and up again; 1: not
+    jpegs: tuple[int, ...]  # qualities of the JPEG round trips before the final save
 
 
-_APPLY: dict[str, Callable] = {"splice": _splice, "upsample": _upsample, "colour": _colour, "double_jpeg": _double_jpeg}
-
-
-def make_fake(rng: np.random.Generator, spec: "SynthSpec") -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A forged image, its binary mask and the manipulations applied."""
+def draw_chain(rng: np.random.Generator, params: ForgeryParams, size: int) -> Chain:
     import cv2
 
-    size = spec.image_size
-    img, source = natural_crop(rng, size, photos=spec.photos)
-    mask = region_mask(rng, size, spec.forgeries)
-    n = min(len(spec.manipulations), int(rng.integers(1, 3)))
-    kinds = list(rng.choice(spec.manipulations, size=n, replace=False))
-    for kind in kinds:
-        region, feather = _APPLY[kind](img, rng, source, spec)
-        soft = cv2.GaussianBlur(mask, (0, 0), feather)[..., None]
-        img = img * (1 - soft) + np.clip(region, 0, 255) * soft
-        if kind in SEAMED:
-            # The blending boundary of a pasted region: a thin halo brighter or darker than both sides.
-            img = img + 4 * soft * (1 - soft) * rng.choice([-1.0, 1.0]) * rng.uniform(*spec.forgeries.seam)
-    return np.clip(img, 0, 255), mask, [str(k) for k in kinds]
+    work, rescale, jpegs = size, 1.0, ()
+    interpolation = int(rng.choice([cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC]))
+    if rng.random() < params.post:
+        if rng.random() < 0.5:
+            work = round(size * rng.uniform(1.15, 1.6))  # a larger original, shared reduced
+        else:
+            rescale = float(rng.uniform(0.5, 0.9))
+    if rng.random() < params.post:
+        lo, hi = params.jpeg_quality
+        jpegs = tuple(int(q) for q in rng.integers(lo, hi + 1, size=int(rng.integers(1, 3))))
+    return Chain(work, interpolation, rescale, jpegs)
+
+
+def finish(img: np.ndarray, mask: np.ndarray | None, chain: Chain, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image (and mask) after ``chain``, at ``size`` px."""
+    import cv2
+
+    if img.shape[0] != size:
+        img = cv2.resize(img, (size, size), interpolation=chain.interpolation)
+        if mask is not None:
+            m = cv2.resize(mask, (size, size), interpolation=cv2.INTER_AREA)
+            mask = ((m > 0.5) if (m > 0.5).any() else (m > 0)).astype(np.float32)
+    if chain.rescale < 1:
+        small = max(8, round(size * chain.rescale))
+        img = cv2.resize(cv2.resize(img, (small, small), interpolation=chain.interpolation), (size, size),
+                         interpolation=chain.interpolation)
+    for q in chain.jpegs:
+        img = jpeg_roundtrip(np.clip(img, 0, 255), q)
+    return np.clip(img, 0, 255), mask
 
 
 def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
@@ -298,13 +316,20 @@ def generate(spec: SynthSpec, out: str | os.PathLike, progress: Callable[[int], 
                     stem = f"{cls.lower()}_{i:05d}"
                     lo, hi = spec.forgeries.jpeg_quality
                     quality = int(rng.integers(lo, hi + 1))
+                    # Only broad sets draw a chain: the default and shifted ones stay what version 2 wrote.
+                    chain = draw_chain(rng, spec.forgeries, spec.image_size) if spec.forgeries.post else None
+                    work = chain.work if chain else spec.image_size
+                    mask = None
                     if label:
-                        img, mask, kinds = make_fake(rng, spec)
+                        img, mask, kinds = make_fake(rng, spec, work)
+                    else:
+                        img, _ = natural_crop(rng, work, photos=spec.photos)
+                        kinds = []
+                    if chain is not None:
+                        img, mask = finish(img, mask, chain, spec.image_size)
+                    if label:
                         (tmp / "masks" / split_dir).mkdir(parents=True, exist_ok=True)
                         Image.fromarray((mask > 0.5).astype(np.uint8) * 255).save(tmp / "masks" / split_dir / f"{stem}.png")
-                    else:
-                        img, _ = natural_crop(rng, spec.image_size, photos=spec.photos)
-                        kinds = []
                     (tmp / split_dir / cls / f"{stem}.jpg").write_bytes(encode_jpeg(img, quality))
                     manifest.append({"file": f"{split_dir}/{cls}/{stem}.jpg", "label": label, "manipulations": kinds})
                     if progress is not None:
