@@ -58,16 +58,20 @@ class TrainConfig:
     # Halve the learning rate after each epoch (after the warm-up) that does not improve val_loss for
     # this many epochs (ReduceLROnPlateau); 0 keeps it constant as the notebook did.
     lr_patience: int = 1
-    # auto | imagenet | none | backbone:PATH | model:PATH. auto: ImageNet weights when Keras has them
-    # cached (dfk weights fetch) or can download them, else random; imagenet: the same, an error offline.
-    # backbone:PATH: a no-top Keras weights file for a transfer model's backbone; model:PATH: the whole
-    # model's weights (Model.save_weights) for a model trained from scratch; a bare PATH: whichever of the
-    # two the architecture takes (dfk weights fetch --help names those with ImageNet weights).
+    # auto | imagenet | dfk | none | backbone:PATH | model:PATH. auto: dfk's own pre-trained weights for an
+    # architecture it ships them for (the forensic detectors; offline, checked by their digest), else ImageNet weights when
+    # Keras has them cached (dfk weights fetch) or can download them, else random; imagenet: the same, an
+    # error offline; dfk: dfk's own, an error for an architecture without. backbone:PATH: a no-top Keras
+    # weights file for a transfer model's backbone; model:PATH: the whole model's weights (Model.save_weights)
+    # for a model trained from scratch; a bare PATH: whichever of the two the architecture takes.
     weights: str = "auto"
-    # Unfreeze this many backbone layers for a second phase; 0 keeps the notebook's frozen backbone.
-    fine_tune_at: int = 0
-    # Small enough not to destroy pretrained features when the backbone is unfrozen.
-    fine_tune_lr: float = 1e-5
+    # Starting from pretrained weights, phase 2 unfreezes this many trunk layers (from the end) after the head
+    # learnt; auto: the architecture's own (0, the notebook's frozen ResNet, for ImageNet backbones; the whole
+    # trunk for the forensic detectors from dfk's weights).
+    fine_tune_at: int | None = None
+    # Phase 2's learning rate; auto: the architecture's own (1e-5, small enough not to destroy ImageNet
+    # features; 2e-4 for the forensic detectors' small trunk).
+    fine_tune_lr: float | None = None
     # Length of the second (fine-tuning) phase.
     fine_tune_epochs: int = 5
     # Head dropout; None keeps the architecture's own default (0.5 for cnn, 0.3 for the rest).
@@ -109,10 +113,11 @@ class TrainConfig:
         object.__setattr__(self, "_auto", frozenset(k for k in AUTO_FIELDS if getattr(self, k) is None))
         if self.image_size is None:
             object.__setattr__(self, "image_size", default_image_size(self.data_dir, self.arch))
-        if self.learning_rate is None:
-            from dfk.models import get_spec
+        for name in ("learning_rate", "fine_tune_at", "fine_tune_lr"):  # the architecture's own
+            if getattr(self, name) is None:
+                from dfk.models import get_spec
 
-            object.__setattr__(self, "learning_rate", get_spec(self.arch).learning_rate)
+                object.__setattr__(self, name, getattr(get_spec(self.arch), name))
 
     # ----------------------------------------------------------------------------------------
     @classmethod
@@ -153,6 +158,10 @@ class TrainConfig:
         from dfk.models import get_spec  # light: the registry imports no TensorFlow
 
         spec = get_spec(self.arch)
+        if self.weights == "dfk":  # before any run: an architecture dfk ships no weights for
+            from dfk.models.weights import manifest, no_shipped_weights
+
+            _check(self.arch in manifest(), str(no_shipped_weights(self.arch)))
         _check(self.image_size >= spec.min_image_size,
                f"image_size={self.image_size} is too small for {self.arch}; use at least {spec.min_image_size}")
         _check(self.image_size <= 1024, f"image_size={self.image_size} is too large; use at most 1024")
@@ -185,7 +194,7 @@ class TrainConfig:
 
 
 #: Fields whose None default means "the architecture's or the data's own", resolved on construction.
-AUTO_FIELDS = ("image_size", "learning_rate")
+AUTO_FIELDS = ("image_size", "learning_rate", "fine_tune_at", "fine_tune_lr")
 #: How the CLI and the MLproject spell such a default.
 AUTO = "auto"
 

@@ -25,7 +25,8 @@ def test_mlflow_run_entry_point_finishes_a_run(tmp_path, tiny_data):
     assert run["tags.arch"] == "cnn" and run["params.image_size"] == "32"
     # mlflow run logs the entry point's "auto"; dfk adds what it resolved to, and compare shows that.
     assert run["params.learning_rate"] == "auto" and run["params.learning_rate_resolved"] == "0.001"
-    assert run["params.fine_tune_lr"] == "1e-05" and run["params.gradcam_images"] == "8"
+    assert run["params.fine_tune_lr"] == "auto" and run["params.fine_tune_lr_resolved"] == "1e-05"
+    assert run["params.gradcam_images"] == "8"
     # The logged accuracy at the chosen threshold is the one in the run's own confusion matrix.
     import json
 

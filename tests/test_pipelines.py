@@ -237,10 +237,11 @@ def test_generalization_scores_held_out_kinds_and_domains(tiny_data, tmp_path):
 
     base = TrainConfig.from_overrides(dict(data_dir=str(tiny_data), image_size=32, epochs=1, batch_size=8,
                                            weights="none", gradcam_images=0))
-    kw = dict(archs="cnn", out=tmp_path / "sets", test=4, leave_out_train=4, kinds=("splice",))
+    kw = dict(archs="cnn", out=tmp_path / "sets", photos="builtin", test=4, leave_out_train=4, kinds=("splice",),
+              starts=("none",), few_shot=4)
     (row,) = run_generalization(base, **kw)
-    assert {"in_domain", "cross_domain", "splice", "cross_manipulation"} <= set(row)
-    assert row["cross_manipulation"] == row["splice"] and 0 <= row["cross_domain"] <= 1
-    assert len(step_runs("cnn")) == 2  # in-domain, and without splice
+    assert {"in_domain", "cross_domain", "splice", "cross_manipulation", "few_shot"} <= set(row)
+    assert row["cross_manipulation"] == row["splice"] and 0 <= row["cross_domain"] <= 1 and 0 <= row["few_shot"] <= 1
+    assert len(step_runs("cnn")) == 3  # in-domain, without splice, and few-shot
     (again,) = run_generalization(base, **kw)
-    assert again == row and len(step_runs("cnn")) == 2
+    assert again == row and len(step_runs("cnn")) == 3

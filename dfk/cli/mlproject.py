@@ -56,7 +56,7 @@ _TRAIN_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 _TRAIN_COMMENTS = field_comments(TrainConfig)
 _UNSET = object()
 #: Entry points that run a pipeline (``python -m dfk.cli.pipelines NAME``): its finished steps are reused.
-PIPELINES = ("main", "sweep", "prepare", "generalization")
+PIPELINES = ("main", "sweep", "prepare", "generalization", "pretrain")
 
 
 def train_param(name: str, flag: str = "-P") -> Param:
@@ -99,7 +99,7 @@ def option(words: tuple[str, ...], name: str, as_name: str | None = None, defaul
 def _commands() -> dict[str, tuple[tuple[str, ...], tuple[Param, ...]]]:
     """Entry points other than the architectures: name -> (dfk command words, parameters)."""
     main, evaluate, tune, gradcam = ("main",), ("evaluate",), ("tune",), ("gradcam",)
-    sweep, prepare, generalization = ("sweep",), ("prepare",), ("generalization",)
+    sweep, prepare, generalization, pretrain = ("sweep",), ("prepare",), ("generalization",), ("pretrain",)
     return {
         "main": (main, (train_param("data_dir", "--data-dir"), option(main, "archs", default=SETTINGS.archs),
                         train_param("image_size"), train_param("epochs"), option(main, "perturb"), option(main, "force"))),
@@ -110,9 +110,12 @@ def _commands() -> dict[str, tuple[tuple[str, ...], tuple[Param, ...]]]:
                               option(prepare, "faces_from"), option(prepare, "force"))),
         "generalization": (generalization, (train_param("data_dir", "--data-dir"),
                                             *(option(generalization, n) for n in ("archs", "out", "photos", "test",
-                                                                                  "leave_out_train")),
+                                                                                  "leave_out_train", "starts", "few_shot")),
                                             train_param("epochs"), train_param("image_size"),
                                             option(generalization, "force"))),
+        "pretrain": (pretrain, (*(option(pretrain, n) for n in ("archs", "train", "validation", "test", "image_size",
+                                                                "out", "corpus")),
+                                train_param("epochs"), option(pretrain, "force"))),
         "evaluate": (evaluate, (option(evaluate, "model", "model_uri", default=SETTINGS.champion_uri),
                                 option(evaluate, "data_dir"), option(evaluate, "perturb"))),
         # No storage parameter: mlflow run logs every -P value as a run parameter, a password included,

@@ -16,6 +16,12 @@ from dfk.cli.training import main_cmd
 from dfk.config import TrainConfig
 from dfk.errors import UserError
 from dfk.settings import SETTINGS
+from pipelines.generalization import FEW_SHOT, STARTS
+from pipelines.pretrain import EXPERIMENT as PRETRAIN_EXPERIMENT
+from pipelines.pretrain import PretrainSpec
+
+#: The pre-training's defaults, as PretrainSpec declares them.
+_PRETRAIN = PretrainSpec()
 
 app = typer.Typer(name="python -m dfk.cli.pipelines", help="The multi-step workflows; a finished step with the same inputs "
                   "is reused.", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -107,19 +113,58 @@ def generalization(
     param: ParamOption = None,
     archs: Annotated[str, typer.Option(help="Comma-separated architectures; arch:key=value overrides one.")] = "srm",
     out: Annotated[Optional[str], typer.Option(help="Folder of the synthetic held-out sets; default: beside the tracking store.")] = None,
-    photos: Annotated[str, typer.Option(help="Folder of photographs for the cross-domain set, or builtin.")] = "builtin",
+    photos: Annotated[Optional[str], typer.Option(help=(
+        "Folder of photographs for the cross-domain and few-shot sets, or builtin; default: Debian's mate-backgrounds "
+        "nature photos, which no training set of dfk uses."))] = None,
     test: Annotated[int, typer.Option(help="Test images per class of every held-out set.")] = 150,
     leave_out_train: Annotated[int, typer.Option(help="Training images per class of each set without one kind.")] = 500,
+    starts: Annotated[str, typer.Option(help=(
+        "Comma-separated weights each architecture starts from (none: from scratch; dfk: dfk's pre-trained weights)."))] = ",".join(STARTS),
+    few_shot: Annotated[int, typer.Option(min=0, help=(
+        "Training images per class of the few-shot set (held-out photos and kinds); 0 skips the protocol."))] = FEW_SHOT,
     force: ForceOption = False,
 ) -> None:
-    """In-domain, cross-manipulation (leave one kind out) and cross-domain ROC-AUC per architecture."""
+    """In-domain, cross-manipulation (leave one kind out), cross-domain and few-shot ROC-AUC per architecture and start."""
     from pipelines.generalization import EXPERIMENT, run_generalization
 
     base = TrainConfig.from_overrides(parse_overrides(param, ctx), data_dir=data_dir)
     _quiet_tensorflow()
-    for row in run_generalization(base, archs, _unset(out), photos, test, leave_out_train, experiment=EXPERIMENT, force=force):
-        typer.echo(f"{row['arch']}: in-domain {row['in_domain']:.3f}, cross-manipulation {row['cross_manipulation']:.3f}, "
-                   f"cross-domain {row['cross_domain']:.3f}")
+    chosen = tuple(s.strip() for s in starts.split(",") if s.strip())
+    for row in run_generalization(base, archs, _unset(out), _unset(photos), test, leave_out_train, starts=chosen,
+                                  few_shot=few_shot, experiment=EXPERIMENT, force=force):
+        few = f", few-shot {row['few_shot']:.3f}" if "few_shot" in row else ""
+        typer.echo(f"{row['arch']} (weights={row['weights']}): in-domain {row['in_domain']:.3f}, cross-manipulation "
+                   f"{row['cross_manipulation']:.3f}, cross-domain {row['cross_domain']:.3f}{few}")
+
+
+@app.command(context_settings=TRAINING_OVERRIDES)
+@user_errors
+def pretrain(
+    ctx: typer.Context,
+    param: ParamOption = None,
+    archs: Annotated[str, typer.Option(help="Comma-separated architectures to pre-train; arch:key=value overrides one.")] = _PRETRAIN.archs,
+    train: Annotated[int, typer.Option(help="Images per class in the corpus' Train.")] = _PRETRAIN.train,
+    validation: Annotated[int, typer.Option(help="Images per class in the corpus' Validation.")] = _PRETRAIN.validation,
+    test: Annotated[int, typer.Option(help="Images per class in the corpus' Test.")] = _PRETRAIN.test,
+    image_size: Annotated[int, typer.Option(help="Side of the corpus' images, and the size the detectors train at.")] = _PRETRAIN.image_size,
+    out: Annotated[Optional[str], typer.Option(help=(
+        "Folder to write the weights and manifest.json into; default: dfk's own dfk/models/pretrained."))] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="Folder to write the corpus under; default: beside the tracking store.")] = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment of the pipeline's runs.")] = PRETRAIN_EXPERIMENT,
+    force: ForceOption = False,
+) -> None:
+    """Pre-train the forensic detectors on a broad synthetic corpus and write the weights dfk ships (weights=dfk)."""
+    from pipelines.pretrain import run_pretrain
+
+    base = TrainConfig.from_overrides(parse_overrides(param, ctx))
+    spec = PretrainSpec(archs=archs, train=train, validation=validation, test=test, image_size=image_size,
+                        out=_unset(out) or "", corpus=_unset(corpus) or "")
+    spec.synth_spec().validate()
+    _quiet_tensorflow()
+    r = run_pretrain(base, spec, experiment, force)
+    for arch, entry in r.manifest.items():
+        typer.echo(f"{arch}: {r.out / entry['file']} ({entry['bytes']} bytes, sha256 {entry['sha256'][:12]}), "
+                   f"test ROC-AUC {entry['test_roc_auc']:.3f}, run {entry['run_id']}")
 
 
 #: Words a pipeline's MLproject parameter ``force`` may hold (mlflow run gives every parameter a value).

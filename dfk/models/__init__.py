@@ -22,6 +22,7 @@ INPUT_LAYER = "image"  # raw 0..255 RGB; each model normalises inside itself
 OUTPUT_LAYER = "probability_fake"
 BACKBONE = "backbone"  # a transfer model's nested keras.applications network
 TOKEN_POOL = "head_pool"  # the head's pooling; on a transformer its input is the last block's tokens
+HEAD_PREFIX = "head"  # the classification head's layers are named head_*; a flat model's trunk is what comes before
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,25 @@ class ModelSpec:
     dense_units: int = 512  # the notebook's ResNet head used Dense(512)
     pretrained: bool = True  # has ImageNet weights to load
     learning_rate: float = 1e-3  # Adam's default, which the notebook used unchanged
+    # Trunk layers phase 2 unfreezes (from the end) after the head learnt on the frozen pretrained trunk: 0 keeps
+    # the notebook's frozen ResNet. The forensic detectors' 15 are their whole trunk (conv1..relu4: 4 blocks of
+    # conv, BN, ReLU and the 3 pools between; a test checks it): features pre-trained on a synthetic corpus must
+    # adapt to a user's own images, which a head alone cannot.
+    fine_tune_at: int = 0
+    # Phase 2's learning rate: small enough not to destroy ImageNet's features; for the forensic detectors a
+    # tenth of their from-scratch rate, so the whole small trunk can move within a few epochs.
+    fine_tune_lr: float = 1e-5
+    # BatchNorm learns in phase 2 too. No for ImageNet backbones (statistics learnt on far more data than a
+    # fine-tuning batch sees); yes for dfk's forensic trunks, whose statistics come from a synthetic corpus
+    # that a user's own images should replace.
+    fine_tune_batchnorm: bool = False
+    # Sees an image at its own resolution (random crops of the input size in training, the whole picture
+    # when scoring) instead of resized to the input size: re-sampling erases the traces a forensic detector reads.
+    native_resolution: bool = False
 
+
+#: How the forensic detectors fine-tune from dfk's pre-trained weights (see the fields' comments).
+_FORENSIC_FINE_TUNING: dict[str, Any] = dict(fine_tune_at=15, fine_tune_lr=2e-4, fine_tune_batchnorm=True)
 
 _REGISTRY: dict[str, ModelSpec] = {
     s.name: s
@@ -46,9 +65,9 @@ _REGISTRY: dict[str, ModelSpec] = {
         ModelSpec("convnext", "dfk.models.applications:build_convnext", "ConvNeXtTiny backbone"),
         ModelSpec("vit", "dfk.models.vit:build_vit", "compact Vision Transformer", pretrained=False),
         ModelSpec("srm", "dfk.models.forensic:build_srm", "forensic: RGB + fixed SRM high-pass residuals, compact CNN",
-                  dense_units=128, pretrained=False, learning_rate=2e-3),
+                  dense_units=128, pretrained=False, learning_rate=2e-3, native_resolution=True, **_FORENSIC_FINE_TUNING),
         ModelSpec("npr", "dfk.models.forensic:build_npr", "forensic: neighbouring-pixel residual x - up(down(x)), compact CNN",
-                  dense_units=128, pretrained=False, learning_rate=2e-3),
+                  dense_units=128, pretrained=False, learning_rate=2e-3, native_resolution=True, **_FORENSIC_FINE_TUNING),
     )
 }
 
@@ -64,6 +83,38 @@ def get_spec(name: str) -> ModelSpec:
         raise UserError(f"unknown architecture {name!r}; valid: {', '.join(_REGISTRY)}") from None
 
 
+def is_head(layer_name: str) -> bool:
+    """Whether a layer belongs to a model's classification head (named :data:`HEAD_PREFIX`_*)."""
+    return layer_name.startswith(HEAD_PREFIX)
+
+
+def trunk_layers(model) -> tuple[Any, list]:
+    """``(container, layers)`` the two-phase recipe freezes while the head learns and unfreezes from the
+    end for fine-tuning: a transfer model's nested backbone and its layers, or, for a flat model, the
+    model and its layers from the first with weights up to the head (a fixed front-end has none)."""
+    try:
+        backbone = model.get_layer(BACKBONE)
+        return backbone, list(backbone.layers)
+    except ValueError:
+        pass
+    layers = []
+    for layer in model.layers[1:]:
+        if is_head(layer.name) or layer.name == OUTPUT_LAYER:
+            break
+        if layers or layer.weights:
+            layers.append(layer)
+    return model, layers
+
+
+def starts_pretrained(arch: str, used: str) -> bool:
+    """Whether a model that started from ``used`` (:func:`create_model`'s second value) has pretrained
+    features to keep while its head learns: ImageNet or a backbone file for a transfer model, dfk's
+    own weights for the others. A whole-model file (``model:PATH``) carries on training as a whole."""
+    from dfk.models.weights import DFK
+
+    return used != "random" and (get_spec(arch).pretrained or used.startswith(f"{DFK}:"))
+
+
 def create_model(
     name: str,
     image_size: int,
@@ -74,7 +125,8 @@ def create_model(
     """Build ``name`` for RGB inputs in 0..255 at ``image_size``.
 
     ``None`` overrides keep the model's own defaults. Returns the model and the weights actually
-    used for its backbone (``imagenet``, ``random`` or a file path) for the run's tags.
+    used for its backbone (``imagenet``, ``random``, ``dfk:<digest prefix>`` or a file path) for the
+    run's tags. ``weights=auto`` takes dfk's shipped weights where the architecture has them.
     """
     spec = get_spec(name)
     module_name, fn_name = spec.builder.split(":")
@@ -84,15 +136,28 @@ def create_model(
         "dropout": spec.dropout if dropout is None else dropout,
         "dense_units": spec.dense_units if dense_units is None else dense_units,
     }
+    from dfk.models import weights as w
+
+    shipped = w.shipped_weights(name) if weights in ("auto", w.DFK) else None  # verified, or an error
+    if weights == w.DFK and shipped is None:
+        raise w.no_shipped_weights(name)
     if spec.pretrained:
-        kwargs["weights"] = weights
-        return builder(**kwargs)
-    model = builder(**kwargs)
+        if shipped is None:
+            return builder(**kwargs, weights=weights)
+        kwargs["weights"] = "none"  # a transfer model's builder also returns what it loaded
+
+    def build(**overrides):
+        built = builder(**{**kwargs, **overrides})
+        return built[0] if spec.pretrained else built
+
+    model = build()
+    if shipped is not None:
+        w.load_shipped_weights(model, name, shipped, lambda units: build(dense_units=units or spec.dense_units))
+        return model, w.dfk_tag(name)
     used = "random"
     if weights not in ("auto", "none", "imagenet"):
-        from dfk.models.weights import load_model_weights
-
-        used = load_model_weights(model, weights)
+        used = w.load_model_weights(model, weights)
     elif weights == "imagenet":
-        raise UserError(f"{name} has no ImageNet weights; use weights=none or a path to a weights file")
+        raise UserError(f"{name} has no ImageNet weights; use weights=none, dfk (dfk's own, for "
+                        f"{', '.join(w.shipped_archs()) or 'no architecture in this install'}) or a path to a weights file")
     return model, used

@@ -14,6 +14,11 @@ the picture counts the same and the last convolutional map still points at where
 * ``npr``: neighbouring-pixel relationships, ``x - up(down(x))`` with nearest-neighbour
   re-sampling by 2 (Tan et al., CVPR 2024), which exposes the local correlation that
   up-sampling layers of generators leave; scaled by 2/3 as the reference code does.
+
+The models are flat (no nested backbone: Grad-CAM reads ``conv4`` directly). Their trunk, what
+fine-tuning from dfk's pre-trained weights freezes and then unfreezes (:func:`dfk.models.trunk_layers`),
+is every layer from ``conv1`` up to the head, whose layers are named ``head_*``; its length is
+``ModelSpec.fine_tune_at`` of these detectors (a test checks it).
 """
 
 from __future__ import annotations

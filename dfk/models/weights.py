@@ -1,4 +1,4 @@
-"""Where a model's starting weights come from: Keras' cache, a download, a user's file, or nowhere.
+"""Where a model's starting weights come from: Keras' cache, a download, dfk itself, a user's file, or nowhere.
 
 The ``weights`` parameter:
 
@@ -6,6 +6,10 @@ The ``weights`` parameter:
   falls back to random initialisation with one loud warning; ``imagenet`` insists (an error
   offline); ``none`` starts from random. Only the transfer models (``ModelSpec.pretrained``) have
   ImageNet weights; the caller tags the run with the weights actually used.
+* ``dfk``: the pre-trained weights dfk ships for its forensic detectors (:func:`shipped_weights`:
+  package data listed in ``dfk/models/pretrained/manifest.json``, checked by their SHA-256, never
+  downloaded). ``auto`` uses them for an architecture that has them; the run is tagged
+  ``dfk:<digest prefix>``.
 * ``backbone:PATH``: a backbone-only ("no top") Keras weights file, such as the ImageNet file
   ``dfk weights fetch`` leaves in Keras' cache; transfer models only.
 * ``model:PATH``: the weights of the whole model (``Model.save_weights``, a run's checkpoint);
@@ -16,6 +20,8 @@ The ``weights`` parameter:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -148,3 +154,119 @@ def load_model_weights(model, weights: str) -> str:
         raise UserError(f"weights file {file} does not fit this model ({model.name}): "
                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return str(p)
+
+
+
+# ----------------------------------------------------------------------------- dfk's own weights
+#: ``weights=dfk``: the pre-trained weights shipped inside dfk; also the prefix of the run's tag.
+DFK = "dfk"
+#: Folder of the shipped weights and their manifest, inside the package.
+PRETRAINED_DIR = Path(__file__).with_name("pretrained")
+#: For tests and experiments only: read the manifest and weights from this folder instead of the package.
+PRETRAINED_DIR_ENV = "DFK_PRETRAINED_DIR"
+#: The manifest: architecture -> {file, sha256, bytes, image_size, corpus, epochs, run_id, ...}.
+MANIFEST = "manifest.json"
+#: Characters of the SHA-256 the run's tag carries (``dfk:1a2b3c4d5e6f``).
+TAG_DIGEST = 12
+
+
+def pretrained_dir() -> Path:
+    """Where the shipped weights are read from: the package's folder, or $DFK_PRETRAINED_DIR."""
+    return Path(os.environ.get(PRETRAINED_DIR_ENV) or PRETRAINED_DIR).expanduser()
+
+
+def manifest(folder: Path | None = None) -> dict[str, dict]:
+    """The shipped weights' manifest (architecture -> entry); empty when there is none."""
+    path = (folder or pretrained_dir()) / MANIFEST
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"dfk's pre-trained weights manifest {path} cannot be read ({exc}): reinstall dfk") from None
+    if not isinstance(data, dict):
+        raise UserError(f"dfk's pre-trained weights manifest {path} is not a JSON object: reinstall dfk")
+    return data
+
+
+def shipped_archs() -> list[str]:
+    """The architectures dfk ships pre-trained weights for."""
+    return sorted(manifest())
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def shipped_weights(arch: str) -> Path | None:
+    """The verified path of dfk's pre-trained weights for ``arch``; None when dfk ships none for it.
+
+    A file the manifest lists that is missing or whose SHA-256 differs from the manifest's is an
+    error (a damaged install), never a silent fall-back to random weights."""
+    folder = pretrained_dir()
+    entry = manifest(folder).get(arch)
+    if entry is None:
+        return None
+    path = folder / str(entry.get("file", ""))
+    if not entry.get("file") or not path.is_file():
+        raise UserError(f"dfk's shipped weights for {arch} are missing ({path}): reinstall dfk")
+    actual = sha256_of(path)
+    if actual != entry.get("sha256"):
+        raise UserError(f"dfk's shipped weights for {arch} fail their digest check ({path.name}: sha256 "
+                        f"{actual[:TAG_DIGEST]}, manifest {str(entry.get('sha256'))[:TAG_DIGEST]}): reinstall dfk")
+    return path
+
+
+def dfk_tag(arch: str) -> str:
+    """The run's tag for dfk's weights of ``arch``: ``dfk:`` and the digest prefix."""
+    return f"{DFK}:{str(manifest()[arch]['sha256'])[:TAG_DIGEST]}"
+
+
+def no_shipped_weights(arch: str) -> UserError:
+    have = shipped_archs()
+    return UserError(f"dfk ships no pre-trained weights for {arch} (weights=dfk); "
+                     + (f"it has them for {', '.join(have)}" if have else "this install has none yet")
+                     + "; use weights=auto or none")
+
+
+def load_shipped_weights(model, arch: str, path: Path, build_reference) -> list[str]:
+    """Load dfk's weights for ``arch`` from ``path`` into ``model``; the names of the layers left as built.
+
+    The file holds the whole pre-trained model. A model whose head differs (another ``dense_units``)
+    takes the trunk and leaves those head layers as initialised (phase 1 trains the head anyway);
+    ``build_reference(dense_units)`` builds the model the file was saved from, to copy layer by layer.
+    A trunk that does not fit is an error: the file belongs to another version of the architecture."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # Keras warns of what it skipped before it raises
+            warnings.simplefilter("ignore")
+            model.load_weights(str(path))
+        return []
+    except Exception:  # Keras raises several types for a mismatched file
+        pass
+    entry = manifest().get(arch, {})
+    reference = build_reference(entry.get("dense_units"))
+    try:
+        reference.load_weights(str(path))
+    except Exception as exc:
+        raise UserError(f"dfk's shipped weights for {arch} do not fit its model ({str(exc).splitlines()[0][:200]}): "
+                        "reinstall dfk") from None
+    from dfk.models import OUTPUT_LAYER, is_head
+
+    skipped = []
+    for source, target in zip(reference.layers, model.layers):
+        weights = source.get_weights()
+        if [w.shape for w in weights] == [tuple(w.shape) for w in target.weights]:
+            target.set_weights(weights)
+        elif is_head(target.name) or target.name == OUTPUT_LAYER:
+            skipped.append(target.name)
+        else:
+            raise UserError(f"dfk's shipped weights for {arch} do not fit layer {target.name} of the model: reinstall dfk")
+    log.warning("dfk's %s weights: the trunk loaded; head layers %s differ in shape and start from random",
+                arch, ", ".join(skipped))
+    return skipped

@@ -100,60 +100,67 @@ def _after_warmup(callback_cls, warmup: int):
     return AfterWarmup
 
 
-def _backbone(model):
-    from dfk.models import BACKBONE
-
-    try:
-        return model.get_layer(BACKBONE)
-    except ValueError:
-        return None
-
-
-def _unfreeze_last(backbone, n: int) -> None:
-    """Unfreeze the last ``n`` layers of the backbone; BatchNorm stays frozen (its statistics
-    were learned on far more data than a fine-tuning batch sees)."""
+def _unfreeze_last(container, layers: list, n: int, batchnorm: bool = False) -> None:
+    """Unfreeze the last ``n`` of the trunk's ``layers`` (``container``: the nested backbone, or a flat
+    model itself). BatchNorm stays frozen unless ``batchnorm`` (an ImageNet backbone's statistics were
+    learned on far more data than a fine-tuning batch sees; :attr:`dfk.models.ModelSpec.fine_tune_batchnorm`)."""
     import keras
 
-    backbone.trainable = True
-    for i, layer in enumerate(backbone.layers):
-        trainable = i >= len(backbone.layers) - n
-        layer.trainable = trainable and not isinstance(layer, keras.layers.BatchNormalization)
+    container.trainable = True
+    for i, layer in enumerate(layers):
+        trainable = i >= len(layers) - n
+        layer.trainable = trainable and (batchnorm or not isinstance(layer, keras.layers.BatchNormalization))
 
 
 class Fit:
     """The fit phases of one run: :meth:`head`, then :meth:`fine_tune`, then :meth:`restore_best`.
 
-    A pretrained backbone is frozen while the head learns (the notebook's phase 1), then its last
-    ``fine_tune_at`` layers learn from the best head; a model without one (or trained from random
-    weights) has a single phase, "training". ``history`` holds every epoch's logs, those a resumed
-    run's checkpoint holds first."""
+    A model that starts from pretrained features (:func:`dfk.models.starts_pretrained`: an ImageNet
+    backbone, dfk's pre-trained forensic trunk) has its trunk (:func:`dfk.models.trunk_layers`) frozen
+    while the head learns (the notebook's phase 1), then its last ``fine_tune_at`` trunk layers learn
+    from the best head; a model without (trained from random weights, or carrying on from a whole-model
+    file) has a single phase, "training". ``history`` holds every epoch's logs, those a resumed run's
+    checkpoint holds first; the run's tag ``fit_phases`` lists the phases run."""
 
     def __init__(self, model, cfg: TrainConfig, place, train_ds, val_ds, ckpt, pretrained: bool,
                  callbacks: Sequence[Any] = ()) -> None:
+        from dfk.models import trunk_layers
+
         self.model, self.cfg, self.place, self.ckpt = model, cfg, place, ckpt
         self.train_ds, self.val_ds, self.callbacks = train_ds, val_ds, callbacks
-        backbone = _backbone(model)
-        self.frozen_backbone = backbone if backbone is not None and pretrained else None
+        container, layers = trunk_layers(model)
+        self.trunk = (container, layers) if pretrained and layers else None
         self.history: dict[str, list[float]] = ckpt.history()
+        self.phases: list[str] = []
         self.started = time.time()
         self.seconds = 0.0
 
+    def _freeze_trunk(self) -> None:
+        container, layers = self.trunk
+        if container is self.model:  # a flat model: its trunk's layers, not the head
+            for layer in layers:
+                layer.trainable = False
+        else:
+            container.trainable = False
+
     def head(self) -> int:
-        """Phase 1: the head on the frozen backbone (or the whole model); the epoch it ended at."""
+        """Phase 1: the head on the frozen trunk (or the whole model); the epoch it ended at."""
         self.started = time.time()
-        if self.frozen_backbone is None:
+        if self.trunk is None:
             return self.phase(self.cfg.learning_rate, 0, self.cfg.epochs, "training")
-        self.frozen_backbone.trainable = False
+        self._freeze_trunk()
         return self.phase(self.cfg.learning_rate, 0, self.cfg.epochs, "phase 1")
 
     def fine_tune(self, after: int) -> None:
-        """Phase 2, from epoch ``after``: the backbone's last ``fine_tune_at`` layers too, from the best
-        head however phase 1 ended or was resumed; nothing without a pretrained backbone."""
+        """Phase 2, from epoch ``after``: the trunk's last ``fine_tune_at`` layers too, from the best
+        head however phase 1 ended or was resumed; nothing without a pretrained trunk."""
         cfg = self.cfg
-        if self.frozen_backbone is None or cfg.fine_tune_at <= 0:
+        if self.trunk is None or cfg.fine_tune_at <= 0:
             return
+        from dfk.models import get_spec
+
         self._load_best()
-        _unfreeze_last(self.frozen_backbone, cfg.fine_tune_at)
+        _unfreeze_last(*self.trunk, cfg.fine_tune_at, get_spec(cfg.arch).fine_tune_batchnorm)
         self.phase(cfg.fine_tune_lr, after, cfg.fine_tune_epochs, f"phase 2 (last {cfg.fine_tune_at} layers)")
 
     def restore_best(self) -> None:
@@ -178,6 +185,7 @@ class Fit:
         schedule = schedule_callbacks(self.cfg)
         start, end = self.ckpt.span(name, first_epoch, epochs)
         print(f"[dfk] {name}: epochs {start + 1}-{end}, learning rate {lr:g}", flush=True)
+        self._record(f"{name}: learning rate {lr:g}")
         with interrupts_at_batch_end() as stop:
             h = self.model.fit(
                 self.train_ds, validation_data=self.val_ds, initial_epoch=first_epoch, epochs=end,
@@ -190,3 +198,11 @@ class Fit:
         if any(not math.isfinite(v) for v in self.history.get("loss", [])):
             raise UserError(f"training diverged (NaN loss) in {name}; lower learning_rate (now {lr:g})")
         return self.ckpt.phase_over(name, first_epoch, len(h.history.get("loss", [])))
+
+    def _record(self, phase: str) -> None:
+        """The phases run so far, as the run's tag ``fit_phases`` (one per line)."""
+        import mlflow
+
+        self.phases.append(phase)
+        if mlflow.active_run() is not None:
+            mlflow.set_tag("fit_phases", "\n".join(self.phases))
