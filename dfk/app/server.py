@@ -90,34 +90,34 @@ class Explainer:
     """Bytes in, verdict and Grad-CAM overlay out: the same decode and probability as the served model."""
 
     def __init__(self, detector, layer: str | None = None) -> None:
-        from dfk.explain.gradcam import gradient_function
+        from dfk.explain.gradcam import detector_gradient_function
 
         self.detector = detector
-        self.fn = gradient_function(detector.model, layer)
+        self.fn = detector_gradient_function(detector, layer)
         self.lock = threading.Lock()
 
     def __call__(self, data: bytes) -> dict:
         import cv2
 
-        from dfk.data.decode import decode_for_display, decode_image
+        from dfk.data.decode import decode_for_display, decode_views
         from dfk.metrics.binary import verdict
-        from dfk.explain.gradcam import gradcam, overlay
+        from dfk.explain.gradcam import gradcam_views, overlay
 
         d = self.detector
         if d.faces is not None:
             from dfk.data.faces import load_for_faces
 
             return self.faces(load_for_faces(data))
-        x = decode_image(data, d.image_size)  # exactly what `mlflow models serve` feeds the model
+        views = decode_views(data, d.image_size, getattr(d, "native", False))  # exactly what `mlflow models serve` scores
         shown = decode_for_display(data, DISPLAY_SIDE)
         start = time.perf_counter()
         with self.lock:
-            heat, raw = gradcam(d.model, x[None].astype(np.float32), fn=self.fn)
+            heat, raw = gradcam_views(views, self.fn)
         model_ms = (time.perf_counter() - start) * 1000
-        prob = float(d.calibrated(raw)[0])
+        prob = float(d.calibrated(np.array([raw], np.float32))[0])
         h, w = shown.shape[:2]
-        # The model saw the whole image squeezed to a square, so stretching the map back fits it.
-        heat = cv2.resize(heat[0], (w, h), interpolation=cv2.INTER_LINEAR)
+        # The model saw the whole image (squeezed to a square, or at its own aspect), so stretching the map back fits it.
+        heat = cv2.resize(heat, (w, h), interpolation=cv2.INTER_LINEAR)
         png = io.BytesIO()
         from PIL import Image
 
@@ -187,18 +187,18 @@ class Explainer:
         """A whole-image model's Grad-CAM of one video frame, as for a photo."""
         import cv2
 
-        from dfk.data.decode import resize
-        from dfk.explain.gradcam import gradcam, overlay
+        from dfk.data.decode import scoring_views
+        from dfk.explain.gradcam import gradcam_views, overlay
         from dfk.metrics.binary import verdict
 
         d = self.detector
         with self.lock:
-            heat, raw = gradcam(d.model, resize(image, d.image_size)[None].astype(np.float32), fn=self.fn)
-        prob = float(d.calibrated(raw)[0])
+            heat, raw = gradcam_views(scoring_views(image, d.image_size, getattr(d, "native", False)), self.fn)
+        prob = float(d.calibrated(np.array([raw], np.float32))[0])
         s = min(1.0, DISPLAY_SIDE / max(image.shape[:2]))
         shown = cv2.resize(image, (max(1, round(image.shape[1] * s)), max(1, round(image.shape[0] * s))),
                            interpolation=cv2.INTER_AREA)
-        heat = cv2.resize(heat[0], (shown.shape[1], shown.shape[0]), interpolation=cv2.INTER_LINEAR)
+        heat = cv2.resize(heat, (shown.shape[1], shown.shape[0]), interpolation=cv2.INTER_LINEAR)
         return {"probability_fake": prob, "label": verdict(prob, d.threshold), "overlay": _png(overlay(shown, heat)),
                 "width": shown.shape[1], "height": shown.shape[0]}
 
@@ -215,6 +215,10 @@ class _Locked:
     def score(self, batch):
         with self._lock:
             return self._d.score(batch)
+
+    def score_views(self, views):
+        with self._lock:
+            return self._d.score_views(views)
 
 
 def _png(image: np.ndarray) -> str:

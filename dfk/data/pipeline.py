@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from dfk.config import TrainConfig
-from dfk.data.decode import BadImage, read_image
+from dfk.data.decode import NATIVE_MAX_SIDE, BadImage, decode_native, native_dims, read_bytes, read_image, training_view
 
 AUTOTUNE = tf.data.AUTOTUNE
 #: Training sets whose decoded pixels (uint8) fit in this many bytes are decoded once and kept in memory.
@@ -41,13 +41,16 @@ NATIVE_MAX_BYTES = 8 * 2**20
 PILLOW, JPEG, PNG = 0, 1, 2
 #: libjpeg's reduced-size decoding, as Pillow's ``JpegImageFile.draft`` picks it (largest first).
 _JPEG_SCALES = (8, 4, 2, 1)
-#: How the decoded picture is brought to size, as :func:`dfk.data.decode.resize` does.
-_SAME, _AREA, _LINEAR = 0, 1, 2
+#: How the decoded picture is brought to size, as :func:`dfk.data.decode.resize` does; for a
+#: native-resolution model, as :func:`dfk.data.decode.training_view` does: a crop of the picture
+#: (``_CROP``), or of the picture shrunk to its cap first (``_CAP``).
+_SAME, _AREA, _LINEAR, _CROP, _CAP = 0, 1, 2, 3, 4
 
 
-def route(info, size: int) -> tuple[int, int, int, int, int]:
+def route(info, size: int, native: bool = False) -> tuple[int, int, int, int, int]:
     """``(decoder, JPEG scale, resize, height, width)`` of a file whose header the scan
-    read (``info``, a :class:`dfk.data.scan.ImageInfo`, or None), to be brought to ``size`` px.
+    read (``info``, a :class:`dfk.data.scan.ImageInfo`, or None), to be brought to ``size`` px
+    (``native``: as a native-resolution model's training crop, :func:`dfk.data.decode.training_view`).
 
     TensorFlow decodes (``JPEG``/``PNG``) what it turns into the same pixels as the Pillow decoder:
     8-bit RGB or grayscale JPEG (not CMYK, not MPO) and PNG (not palette, alpha or 16-bit: the bit
@@ -60,7 +63,8 @@ def route(info, size: int) -> tuple[int, int, int, int, int]:
     w, h = width, height = info.width, info.height
     if info.format == "JPEG" and info.mode in ("RGB", "L") and info.orientation == 1:
         # Pillow's JpegImageFile.draft(mode, (size, size)): the largest scale keeping both sides >= size.
-        most = min(w // size, h // size)
+        draft = NATIVE_MAX_SIDE if native else size  # dfk.data.decode.decode_native drafts at the cap
+        most = min(w // draft, h // draft)
         scale = next(i for i, s in enumerate(_JPEG_SCALES) if most >= s or s == 1)
         s = _JPEG_SCALES[scale]
         decoder, w, h = JPEG, -(-w // s), -(-h // s)
@@ -70,6 +74,8 @@ def route(info, size: int) -> tuple[int, int, int, int, int]:
         return PILLOW, 0, 0, 0, 0
     if w * h * 3 > NATIVE_MAX_BYTES:
         return PILLOW, 0, 0, 0, 0
+    if native and (dims := native_dims(h, w, size)) is not None:
+        return decoder, scale, _CROP if dims == (h, w) else _CAP, height, width
     if w == size and h == size:
         how = _SAME
     elif w >= size and h >= size:
@@ -79,6 +85,15 @@ def route(info, size: int) -> tuple[int, int, int, int, int]:
     else:
         return PILLOW, 0, 0, 0, 0
     return decoder, scale, how, height, width  # the header's dimensions: what the bytes read are checked against
+
+
+def _target(r: tuple[int, int, int, int, int], size: int) -> tuple[int, int]:
+    """The (capped) dimensions a native route's crop is cut from; (0, 0) for any other route."""
+    decoder, scale, how, h, w = r
+    if how not in (_CROP, _CAP):
+        return 0, 0
+    s = _JPEG_SCALES[scale] if decoder == JPEG else 1
+    return native_dims(-(-h // s), -(-w // s), size)
 
 
 class DecodeFailures:
@@ -100,16 +115,17 @@ class DecodeFailures:
         return len(self._items)
 
 
-def _decoder(size: int, failures: DecodeFailures):
-    """Pillow's decode of a vector of paths: (images uint8 (n, size, size, 3), decoded or not (n,))."""
+def _decoder(size: int, failures: DecodeFailures, native: bool = False):
+    """Pillow's decode of a vector of paths (and, for a native-resolution model, their crops' places
+    ``u``): (images uint8 (n, size, size, 3), decoded or not (n,))."""
     blank = np.zeros((size, size, 3), np.uint8)
 
-    def load(paths: np.ndarray):
+    def load(paths: np.ndarray, u: np.ndarray):
         images, ok = [], []
-        for path in paths:
+        for path, where in zip(paths, u):
             p = path.decode()
             try:
-                images.append(read_image(p, size))
+                images.append(training_view(decode_native(read_bytes(p)), size, where) if native else read_image(p, size))
                 ok.append(True)
             except BadImage as exc:
                 failures.add(p, str(exc))
@@ -147,16 +163,25 @@ def _unchanged(contents: tf.Tensor, decoder: int, h, w, nbytes) -> tf.Tensor:
 
 
 def _native(decoder: int, scale: int, how: int, size: int):
-    """TensorFlow's read, check and decode of files of one route: ``(path, h, w, nbytes)`` -> uint8 (size, size, 3).
+    """TensorFlow's read, check and decode of files of one route: ``(path, h, w, nbytes, th, tw, u)`` ->
+    uint8 (size, size, 3); ``th, tw, u``: a native-resolution crop's picture size and place (else unused).
     The route is fixed when the graph is built, so the graph holds no branches (each costs a call)."""
-    def decode(path, h, w, nbytes):
+    def decode(path, h, w, nbytes, th, tw, u):
         contents = _unchanged(tf.io.read_file(path), decoder, h, w, nbytes)
         if decoder == JPEG:
             # INTEGER_ACCURATE: libjpeg's default IDCT, which Pillow uses (TensorFlow's own default is the fast one).
             image = tf.io.decode_jpeg(contents, channels=3, ratio=_JPEG_SCALES[scale], dct_method="INTEGER_ACCURATE")
         else:
             image = tf.io.decode_png(contents, channels=3)
-        if how != _SAME:
+        if how in (_CROP, _CAP):
+            if how == _CAP:  # shrunk to the cap with both sides alike: area, as OpenCV's INTER_AREA
+                image = tf.image.resize(image, tf.stack([th, tw]), method="area")
+                image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+            # dfk.data.decode.crop_offset, in the same float32 arithmetic
+            top = [tf.minimum(tf.cast(tf.floor(u[i] * tf.cast(n - size + 1, tf.float32)), tf.int32), n - size)
+                   for i, n in enumerate((th, tw))]
+            image = image[top[0]:top[0] + size, top[1]:top[1] + size]
+        elif how != _SAME:
             image = tf.image.resize(image, (size, size), method="area" if how == _AREA else "bilinear")
             image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
         image.set_shape((size, size, 3))
@@ -165,7 +190,7 @@ def _native(decoder: int, scale: int, how: int, size: int):
     return decode
 
 
-def _not_native(path, h, w, nbytes):
+def _not_native(path, h, w, nbytes, th, tw, u):
     """The branch of files routed to Pillow: fails, so the chunk leaves them to Pillow."""
     with tf.control_dependencies([tf.debugging.Assert(False, ["routed to Pillow"])]):
         return tf.zeros((0, 0, 3), tf.uint8)
@@ -182,8 +207,8 @@ _PLAIN.autotune.enabled = False
 
 
 def _decode_chunks(ds: tf.data.Dataset, size: int, failures: DecodeFailures, deterministic: bool,
-                   routes: Sequence[tuple[int, int, int]], all_native: bool) -> tf.data.Dataset:
-    """Chunks of ``(path, label, branch, h, w, nbytes)`` -> ``(images uint8, labels, paths)`` of the
+                   routes: Sequence[tuple[int, int, int]], all_native: bool, native: bool = False) -> tf.data.Dataset:
+    """Chunks of ``(path, label, branch, h, w, nbytes, th, tw, u)`` -> ``(images uint8, labels, paths)`` of the
     files that decoded, in order (the others are recorded in ``failures``). ``branch`` 0 is Pillow,
     ``k`` the route ``routes[k - 1]`` (decoder, JPEG scale, resize); ``all_native``: no branch 0.
 
@@ -193,30 +218,31 @@ def _decode_chunks(ds: tf.data.Dataset, size: int, failures: DecodeFailures, det
     failing tf.data op cannot be caught inside a graph: ``ignore_errors`` on the chunk's own little
     dataset drops the file, and the chunk finds it missing.)
     """
-    load = _decoder(size, failures)
+    load = _decoder(size, failures, native)
     branches = [_not_native, *(_native(*r, size) for r in routes)]
     nothing = (tf.zeros([0], tf.int32), tf.zeros([0, size, size, 3], tf.uint8))
 
-    def native_only(i, path, branch, h, w, nbytes):
+    def native_only(i, path, branch, *rest):
         if all_native and len(routes) == 1:  # the usual folder of one kind of file: no branch at all
-            return i, branches[1](path, h, w, nbytes)
-        image = tf.switch_case(branch, [lambda f=f: f(path, h, w, nbytes) for f in branches])
+            return i, branches[1](path, *rest)
+        image = tf.switch_case(branch, [lambda f=f: f(path, *rest) for f in branches])
         image.set_shape((size, size, 3))
         return i, image
 
-    def decode_chunk(paths, labels, branch, h, w, nbytes):
+    def decode_chunk(paths, labels, branch, h, w, nbytes, th, tw, u):
         n = tf.shape(paths)[0]
         got, native_images = nothing
         if routes:
             got, native_images = (
-                tf.data.Dataset.from_tensor_slices((tf.range(n), paths, branch, h, w, nbytes))
+                tf.data.Dataset.from_tensor_slices((tf.range(n), paths, branch, h, w, nbytes, th, tw, u))
                 .map(native_only).ignore_errors().batch(tf.cast(n, tf.int64))
                 .concatenate(tf.data.Dataset.from_tensors(nothing)).take(1)
                 .with_options(_PLAIN).get_single_element())
 
         def with_pillow():
             rest = tf.cast(tf.where(tf.math.unsorted_segment_max(tf.ones_like(got), got, n) <= 0)[:, 0], tf.int32)
-            images, ok = tf.numpy_function(load, [tf.gather(paths, rest)], [tf.uint8, tf.bool], stateful=False)
+            images, ok = tf.numpy_function(load, [tf.gather(paths, rest), tf.gather(u, rest)], [tf.uint8, tf.bool],
+                                           stateful=False)
             at = tf.concat([got, rest], 0)[:, None]
             images = tf.scatter_nd(at, tf.concat([native_images, tf.reshape(images, [-1, size, size, 3])], 0),
                                    [n, size, size, 3])
@@ -274,6 +300,15 @@ def augmenter(cfg: TrainConfig):
     return augment
 
 
+def larger_than_input(paths: Sequence[str], info: Mapping[str, object] | None, image_size: int) -> bool:
+    """Whether a native-resolution model would see any of ``paths`` at its own resolution (a picture
+    larger than ``image_size``, :func:`dfk.data.decode.native_dims`; a file the scan did not read may be)."""
+    if info is None:
+        return bool(len(paths))
+    return any(info.get(p) is None or native_dims(info[p].height, info[p].width, image_size) is not None
+               for p in paths)
+
+
 def make_dataset(
     paths: Sequence[str],
     labels: Sequence[int],
@@ -285,31 +320,47 @@ def make_dataset(
     with_paths: bool = False,
     seed: int = 0,
     info: Mapping[str, object] | None = None,
+    native: bool = False,
 ) -> tf.data.Dataset:
     """Batches of ``(images float32 0..255, labels float32)``, plus paths when ``with_paths``.
+
+    ``native``: for a native-resolution model (``ModelSpec.native_resolution``) a picture larger than
+    ``image_size`` is not resized but cropped at its own resolution (:func:`dfk.data.decode.training_view`):
+    a random crop, a new one every epoch, in a training stream; the centre crop in an evaluation stream
+    (the validation during fit; a run's scores come from :func:`scoring_dataset`).
 
     Training streams are shuffled every epoch and augmented as ``cfg`` says; evaluation streams
     keep file order so results line up with paths. ``info``: what the scan read of each file's
     header (:attr:`dfk.data.scan.DatasetIndex.info`); files it describes are decoded by TensorFlow
     where :func:`route` allows, the others (all, without it) by the Pillow decoder.
     """
-    planned = [route(info.get(p) if info is not None else None, image_size) for p in paths]
+    # No picture larger than the input (the built-in set at its own size): exactly the resizing stream.
+    native = native and larger_than_input(paths, info, image_size)
+    planned = [route(info.get(p) if info is not None else None, image_size, native) for p in paths]
     routes = sorted({r[:3] for r in planned if r[0] != PILLOW})
     branch = np.array([routes.index(r[:3]) + 1 if r[0] != PILLOW else 0 for r in planned], np.int32)
     dims = np.array([r[3:] for r in planned], np.int32).reshape(-1, 2)
+    target = np.array([_target(r, image_size) for r in planned], np.int32).reshape(-1, 2)
     nbytes = np.array([info[p].file_bytes if info is not None and p in info else 0 for p in paths], np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.float32), branch, *dims.T, nbytes))
+    centre = np.full((len(paths), 2), 0.5, np.float32)  # where a crop is cut: the centre (unused by a resize)
+    ds = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.float32), branch, *dims.T, nbytes,
+                                             *target.T, centre))
     # A set whose decoded pixels fit the budget is decoded once and kept (every later epoch skips
-    # the decoder, which competes with training for the CPU); a larger one streams from disk.
-    in_memory = training and len(paths) * image_size * image_size * 3 <= CACHE_BYTES
+    # the decoder, which competes with training for the CPU); a larger one streams from disk. A
+    # native-resolution model's crops change every epoch: its files are decoded every epoch.
+    in_memory = training and not native and len(paths) * image_size * image_size * 3 <= CACHE_BYTES
     if training and not in_memory:
         ds = ds.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if native and training:  # where each crop is cut: fractions (y, x) in [0, 1), drawn anew every epoch
+        where = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2).map(
+            lambda r: tf.cast(r % 2**24, tf.float32) / 2**24)
+        ds = tf.data.Dataset.zip(ds, where).map(lambda t, u: (*t[:-1], u))
     aug = augmenter(cfg) if (training and cfg is not None) else None
     # Decoded a chunk of files at a time; an evaluation stream's chunks are its batches (each
     # tf.data step per image, a call or a copy, costs about a tenth of decoding a 256 px JPEG).
     one_by_one = in_memory or aug is not None
     ds = _decode_chunks(ds.batch(CHUNK if one_by_one else batch_size), image_size, failures,
-                        deterministic=not training, routes=routes, all_native=not (branch == 0).any())
+                        deterministic=not training, routes=routes, all_native=not (branch == 0).any(), native=native)
     if one_by_one:
         ds = ds.unbatch()
         if in_memory:  # kept as uint8, shuffled after the cache so every epoch gets a new order
@@ -325,3 +376,53 @@ def make_dataset(
     else:
         ds = ds.map(lambda images, labels, paths: (tf.cast(images, tf.float32), labels))
     return ds.prefetch(AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------- scoring at native resolution
+def scoring_dataset(paths: Sequence[str], labels: Sequence[int], image_size: int, failures: DecodeFailures,
+                    native: bool = True) -> tf.data.Dataset:
+    """One element per readable file, in order: ``(views float32 (k, H, W, 3), [label], [path])``, the
+    file brought to the model by :func:`dfk.data.decode.decode_views` as every scoring entry point brings
+    it; the picture's probability is the mean over its views. For a native-resolution model's run scores
+    (sizes differ, so one file at a time); unreadable files are recorded in ``failures`` and left out."""
+    from dfk.data.decode import decode_views
+
+    def files():
+        for p, y in zip(paths, labels):
+            try:
+                x = decode_views(read_bytes(p), image_size, native)
+            except BadImage as exc:
+                failures.add(p, str(exc))
+                continue
+            yield x.astype(np.float32), np.array([y], np.float32), np.array([p])
+
+    return tf.data.Dataset.from_generator(files, output_signature=(
+        tf.TensorSpec((None, None, None, 3), tf.float32), tf.TensorSpec((1,), tf.float32),
+        tf.TensorSpec((1,), tf.string))).prefetch(2)
+
+
+def any_size_model(model):
+    """``model`` (a built functional model whose ``Input`` has a fixed size) re-wired on an input of any
+    height and width, with its weights: what a native-resolution model scores whole pictures with.
+    Nested functional models (a ``backbone``) are re-wired alike. The layers are fresh copies holding the
+    same weights, so Grad-CAM can read their outputs. (Needed while the models are built with a fixed
+    ``Input(shape=(image_size, image_size, 3))``, which Keras checks on every call.)"""
+    import keras
+
+    def rewire(m):
+        if all(d is None for d in m.inputs[0].shape[1:-1]):
+            return m
+        inp = keras.Input((*(None,) * (len(m.inputs[0].shape) - 2), m.inputs[0].shape[-1]),
+                          dtype=m.inputs[0].dtype, name=m.inputs[0].name)
+
+        def clone(layer):
+            if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
+                return rewire(layer)
+            return layer.__class__.from_config(layer.get_config())
+
+        return keras.models.clone_model(m, input_tensors=inp, clone_function=clone)
+
+    flexible = rewire(model)
+    if flexible is not model:
+        flexible.set_weights(model.get_weights())
+    return flexible

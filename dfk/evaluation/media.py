@@ -72,12 +72,13 @@ def aggregate(probs, how: str = AGGREGATES[0]) -> float:
 
 def frame_inputs(detector, image: np.ndarray):
     """What the model scores in a frame: ``(boxes or None, inputs (N, size, size, 3))``; a face model's
-    faces cut by its rule from the frame shrunk as a photo is (:func:`dfk.data.faces.load_for_faces`)."""
-    from dfk.data.decode import resize
+    faces cut by its rule from the frame shrunk as a photo is (:func:`dfk.data.faces.load_for_faces`); a
+    native-resolution model's views of the frame (:meth:`dfk.serving.detector.DeepfakeDetector.views`)."""
+    from dfk.data.decode import scoring_views
     from dfk.data.faces import face_crops, shrink
 
     if detector.faces is None:
-        return None, resize(image, detector.image_size)[None]
+        return None, scoring_views(image, detector.image_size, getattr(detector, "native", False))
     return face_crops(shrink(image), detector.faces, detector.image_size)
 
 
@@ -96,12 +97,17 @@ def score_video(detector, source, sampling: Sampling = Sampling(), limits: Video
     def flush():
         if not pending:
             return
-        x = np.concatenate([inputs for _, _, inputs in pending])
-        probs = detector.score(x.astype(np.float32)) if len(x) else np.zeros(0)
+        if getattr(detector, "native", False) and detector.faces is None:  # one probability per frame's views
+            probs = detector.score_views([inputs for _, _, inputs in pending])
+            sizes = [1] * len(pending)
+        else:
+            x = np.concatenate([inputs for _, _, inputs in pending])
+            probs = detector.score(x.astype(np.float32)) if len(x) else np.zeros(0)
+            sizes = [len(inputs) for _, _, inputs in pending]
         at = 0
-        for fs, boxes, inputs in pending:
-            p = probs[at:at + len(inputs)]
-            at += len(inputs)
+        for (fs, boxes, inputs), n in zip(pending, sizes):
+            p = probs[at:at + n]
+            at += n
             if boxes is None:
                 fs.probability_fake = float(p[0])
                 fs.label = verdict(fs.probability_fake, detector.threshold)
@@ -170,13 +176,14 @@ def collect_media(inputs) -> list[Path]:
 
 def score_picture(detector, data: bytes) -> dict:
     """One photo's verdict: a face model's faces (each scored) and the most fake; else the whole photo."""
-    from dfk.data.decode import decode_image
+    from dfk.data.decode import decode_views
     from dfk.data.faces import load_for_faces
     from dfk.metrics.binary import verdict
 
     if detector.faces is not None:
         return detector.face_verdict(*detector.score_faces(load_for_faces(data)))
-    p = float(detector.score(decode_image(data, detector.image_size)[None].astype(np.float32))[0])
+    native = getattr(detector, "native", False)
+    p = float(detector.score_views([decode_views(data, detector.image_size, native).astype(np.float32)])[0])
     return {"probability_fake": p, "label": verdict(p, detector.threshold)}
 
 
@@ -186,9 +193,9 @@ def predict_images(detector, files, batch_size: int, on_skip=None, progress: Cal
     from dfk.metrics.binary import verdict
 
     rows = []
-    for names, x, n in ImageBatches(files, detector.image_size, batch_size, on_skip):
+    for names, x, n in ImageBatches(files, detector.image_size, batch_size, on_skip, getattr(detector, "native", False)):
         if names:
-            probs = detector.score(x)
+            probs = detector.score_views(x)
             rows += [(str(f), float(p), str(v)) for f, p, v in zip(names, probs, verdict(probs, detector.threshold))]
         if progress:
             progress(n)

@@ -104,7 +104,7 @@ class FolderScore:
 def score_folder(detector, index, split: str = "test", perturbations=(), seed: int = 0,
                  progress: Callable[[int], None] | None = None) -> FolderScore:
     """Predictions of ``detector`` on ``split`` of ``index``, clean and perturbed, with metrics."""
-    from dfk.data.decode import BadImage, read_bytes, read_image, resize
+    from dfk.data.decode import BadImage, decode_native, read_bytes, read_image, resize
     from dfk.data.faces import crop, detect_faces, load_for_faces
     from dfk.metrics.binary import evaluate_predictions
 
@@ -114,12 +114,14 @@ def score_folder(detector, index, split: str = "test", perturbations=(), seed: i
     kept_paths, kept_labels, skipped = [], [], []
     rng = np.random.default_rng(seed)
     bs = detector.batch_size
+    native = getattr(detector, "native", False) and detector.faces is None  # scored at its own resolution
     for start in range(0, len(paths), bs):
         originals, ys, ps, faces = [], [], [], []
         for p, y in zip(paths[start:start + bs], labels[start:start + bs]):
             try:
                 # full resolution: perturbations act there; a face model's photo as every entry point decodes it
-                originals.append(read_image(p) if detector.faces is None else load_for_faces(read_bytes(p)))
+                originals.append(decode_native(read_bytes(p)) if native else
+                                 read_image(p) if detector.faces is None else load_for_faces(read_bytes(p)))
                 if detector.faces is not None:  # found on the clean photo, cut from every variant alike
                     faces.append(detect_faces(originals[-1]))
                     if not faces[-1]:
@@ -137,6 +139,9 @@ def score_folder(detector, index, split: str = "test", perturbations=(), seed: i
                 flat = detector.score(np.stack([c for cs in crops for c in cs]).astype(np.float32))
                 ends = np.cumsum([len(cs) for cs in crops])
                 probs[v].append(np.array([flat[e - len(cs):e].max() for e, cs in zip(ends, crops)]))
+                continue
+            if native and images:  # brought to the model as every entry point brings it (detector.views)
+                probs[v].append(detector.score_views([detector.views(x) for x in images]))
                 continue
             batch = [resize(x, detector.image_size) for x in images]
             if batch:

@@ -161,6 +161,23 @@ def gradcam(model, images: np.ndarray, layer: str | None = None, fn: Callable | 
     return out, prob.numpy().reshape(-1)
 
 
+def detector_gradient_function(detector, layer: str | None = None) -> Callable:
+    """:func:`gradient_function` of the model that scores ``detector``'s views: a native-resolution
+    model's takes pictures of any size (its target layer chosen on the model as trained)."""
+    if not getattr(detector, "native", False):
+        return gradient_function(detector.model, layer)
+    return gradient_function(detector.scoring_model, layer or default_layer(detector.model))
+
+
+def gradcam_views(views: np.ndarray, fn: Callable) -> tuple[np.ndarray, float]:
+    """Grad-CAM of one picture as scored, from its views (:func:`dfk.data.decode.scoring_views`): the
+    heatmap at the view's size and the raw probability of fake (the mean over the views). Whole-picture
+    scoring has one view, so the map covers the picture as scored; of several crops, the crops' maps are
+    averaged (their grid is not kept)."""
+    heat, prob = gradcam(None, np.asarray(views, np.float32), fn=fn)
+    return heat.mean(axis=0), float(prob.mean())
+
+
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     """Colour-map the heatmap with OpenCV's JET and blend it over the image (uint8 RGB)."""
     import cv2
@@ -243,19 +260,24 @@ def explain_files(detector, files, out: Path, layer: str | None = None, batch_si
     from dfk.data.decode import ImageBatches
     from dfk.metrics.binary import verdict
 
-    fn = gradient_function(detector.model, layer)
+    fn = detector_gradient_function(detector, layer)
     out.mkdir(parents=True, exist_ok=True)
     if getattr(detector, "faces", None) is not None:
         return _explain_face_files(detector, files, out, fn, on_written, on_skip)
+    native = getattr(detector, "native", False)
     used: set[str] = set()
     gallery: list[tuple] = []  # only the rows the gallery shows stay in memory
     written = 0
-    batches = ImageBatches(files, detector.image_size, batch_size, on_skip)
+    batches = ImageBatches(files, detector.image_size, batch_size, on_skip, native)
     for names, x, _ in batches:
         if not names:
             continue
-        h, p = gradcam(detector.model, x, fn=fn)
-        p = detector.calibrated(p)  # report what the served model reports
+        if native:  # each picture as scored, alone: its size is its own
+            h, p = zip(*(gradcam_views(v, fn) for v in x))
+            x = [v[0] for v in x]
+        else:
+            h, p = gradcam(detector.model, x, fn=fn)
+        p = detector.calibrated(np.asarray(p))  # report what the served model reports
         for f, img, hm, prob in zip(names, x, h, p):
             name, k = f"{f.stem}_gradcam.png", 1
             while name in used:
@@ -271,7 +293,7 @@ def explain_files(detector, files, out: Path, layer: str | None = None, batch_si
     if not written:
         raise UserError(f"none of the {len(files)} images could be read")
     imgs, heats, probs, titles = zip(*gallery)
-    path = save_gallery(np.stack(imgs), np.stack(heats), np.array(probs), detector.threshold, out / "gallery.png", titles)
+    path = save_gallery(list(imgs), list(heats), np.array(probs), detector.threshold, out / "gallery.png", titles)
     return Explained(written, batches.skipped, path)
 
 
@@ -359,17 +381,33 @@ def _gallery_picks(ev, n: int) -> list[int]:
 
 def log_run_explanations(model, ev, cfg, out_dir: Path, temperature: float = 1.0) -> None:
     """Log a Grad-CAM gallery of test images and faithfulness scores against built-in masks."""
+    import cv2
     import mlflow
     from PIL import Image
 
-    from dfk.data.decode import read_image
+    from dfk.data.decode import decode_views, read_bytes, read_image
     from dfk.data.synth import mask_path
+    from dfk.models import get_spec
 
-    fn = gradient_function(model)
+    if get_spec(cfg.arch).native_resolution and not cfg.faces:  # the pictures as the run scored them (decode_views)
+        from dfk.data.pipeline import any_size_model
+
+        fn = gradient_function(any_size_model(model), default_layer(model))
+
+        def explained(paths):
+            views = [decode_views(read_bytes(p), cfg.image_size, True) for p in paths]
+            heat, probs = zip(*(gradcam_views(v, fn) for v in views))
+            return [v[0].astype(np.float32) for v in views], list(heat), np.array(probs)
+    else:
+        fn = gradient_function(model)
+
+        def explained(paths):
+            images = np.stack([read_image(p, cfg.image_size) for p in paths]).astype(np.float32)
+            heat, probs = gradcam(model, images, fn=fn)
+            return images, heat, probs
     picks = _gallery_picks(ev, cfg.gradcam_images)
     if picks:
-        images = np.stack([read_image(ev.paths[i], cfg.image_size) for i in picks]).astype(np.float32)
-        heat, probs = gradcam(model, images, fn=fn)
+        images, heat, probs = explained([ev.paths[i] for i in picks])
         from dfk.metrics.binary import apply_temperature
 
         probs = apply_temperature(probs, temperature)  # the threshold lives on the calibrated scale
@@ -384,8 +422,11 @@ def log_run_explanations(model, ev, cfg, out_dir: Path, temperature: float = 1.0
     heats, masks = [], []
     for start in range(0, len(fakes), cfg.batch_size):
         chunk = fakes[start:start + cfg.batch_size]
-        images = np.stack([read_image(p, cfg.image_size) for p, _ in chunk]).astype(np.float32)
-        heats.append(gradcam(model, images, fn=fn)[0])
+        heat = explained([p for p, _ in chunk])[1]
+        # each map at the trained size, as each mask: a native-resolution map covers its picture as scored
+        side = (cfg.image_size, cfg.image_size)
+        heats.append(np.stack([h if h.shape == side else cv2.resize(np.asarray(h, np.float32), side,
+                                                                    interpolation=cv2.INTER_LINEAR) for h in heat]))
         masks += [np.asarray(Image.open(m).convert("L").resize((cfg.image_size, cfg.image_size), Image.NEAREST))
                   for _, m in chunk]
     f = score_against_masks(np.concatenate(heats), np.stack(masks), seed=cfg.seed)

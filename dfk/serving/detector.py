@@ -2,7 +2,9 @@
 
 It carries the Keras model, its preprocessing (decode, convert to RGB, resize; the
 architecture's own normalisation is a layer inside the Keras model) and the decision threshold
-chosen on validation. Input: a DataFrame column ``image`` of raw image bytes, or base64 strings
+chosen on validation. A native-resolution model (its metadata's ``native_resolution``) is not
+resized: it scores each picture as :func:`dfk.data.decode.scoring_views` brings it, as every dfk
+entry point does. Input: a DataFrame column ``image`` of raw image bytes, or base64 strings
 of them (MLflow's JSON decoding of binary columns differs between request formats). Output per
 row: ``probability_fake`` and ``label`` (``fake``/``real``).
 """
@@ -21,7 +23,7 @@ import numpy as np
 
 import mlflow.pyfunc
 
-from dfk.data.decode import BadImage, decode_image
+from dfk.data.decode import BadImage, decode_image, decode_views, scoring_views
 
 IMAGE_COLUMN = "image"
 KERAS_ARTIFACT = "keras_model"
@@ -78,6 +80,9 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
     #: The crop rule of a model trained on face crops (:class:`dfk.data.faces.CropRule`); None: whole images.
     faces = None
+    #: Scores pictures at their own resolution (``ModelSpec.native_resolution``, recorded in the metadata).
+    native = False
+    _any_size = None
 
     def load_context(self, context) -> None:
         import keras
@@ -92,21 +97,65 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         self.threshold = float(meta["threshold"])
         self.temperature = float(meta.get("temperature", 1.0))
         self.batch_size = int(meta.get("batch_size", 32))
+        # A model logged before native resolution existed was trained on resized images: it is scored so.
+        self.native = bool(meta.get("native_resolution", False))
         from dfk.data.faces import CropRule
 
         # A model trained on face crops finds and cuts faces by the rule it trained with; None: whole images.
         self.faces = CropRule.from_dict(meta.get("faces"))
 
-    def decode_rows(self, images, first_row: int = 0) -> np.ndarray:
+    def decode_rows(self, images, first_row: int = 0):
         """Decode request rows to uint8 (N, size, size, 3), one at a time: memory grows with the rows
-        decoded, never with what a request claims; a bad row raises :class:`InvalidInput` naming it."""
+        decoded, never with what a request claims; a bad row raises :class:`InvalidInput` naming it.
+        A native-resolution model's rows: a list of each row's views (:func:`dfk.data.decode.decode_views`)."""
         out = []
         for i, value in enumerate(images, first_row):
             try:
-                out.append(decode_image(to_bytes(value, i), self.image_size))
+                data = to_bytes(value, i)
+                out.append(decode_views(data, self.image_size, True) if self.native else decode_image(data, self.image_size))
             except BadImage as exc:
                 raise InvalidInput(f"row {i}: {exc}") from None
+        if self.native:
+            return out
         return np.stack(out) if out else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+
+    def views(self, image: np.ndarray) -> np.ndarray:
+        """A decoded picture (uint8, any size) as this model scores it: :func:`dfk.data.decode.scoring_views`."""
+        return scoring_views(image, self.image_size, self.native)
+
+    @property
+    def scoring_model(self):
+        """The Keras model that scores views of any size (a native-resolution model's is re-wired on an
+        input of any size, :func:`dfk.data.pipeline.any_size_model`); any other model's is ``model``."""
+        if not self.native:
+            return self.model
+        if self._any_size is None:
+            from dfk.data.pipeline import any_size_model
+
+            self._any_size = any_size_model(self.model)
+        return self._any_size
+
+    def score_views(self, views) -> np.ndarray:
+        """Probabilities of fake for pictures given as :meth:`views` (a list, one ``(k, H, W, 3)`` array
+        each: the mean over a picture's views), or as a stacked (N, size, size, 3) batch as :meth:`score`.
+
+        Views of equal shape go through the model together, :attr:`batch_size` at a time; a picture of
+        its own size alone (a model's output for one image does not depend on its batch-mates)."""
+        if isinstance(views, np.ndarray) or not self.native:
+            return self.score(np.asarray(views) if isinstance(views, np.ndarray) else np.concatenate(views))
+        model = self.scoring_model
+        raw = [np.zeros(len(v)) for v in views]
+        by_shape: dict[tuple, list[tuple[int, int]]] = {}
+        for i, v in enumerate(views):
+            by_shape.setdefault(v.shape[1:], []).extend((i, j) for j in range(len(v)))
+        for items in by_shape.values():
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                x = np.stack([views[i][j] for i, j in chunk]).astype(np.float32)
+                out = np.asarray(model(x, training=False)).reshape(-1)
+                for (i, j), p in zip(chunk, out):
+                    raw[i][j] = p
+        return self.calibrated(np.array([r.mean() for r in raw]))
 
     def score(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities of fake for decoded RGB images (N, size, size, 3) in 0..255."""
@@ -167,7 +216,7 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
             batch = self.decode_rows(list(model_input[IMAGE_COLUMN]))
         except InvalidInput as exc:
             raise _mlflow_bad_request(str(exc)) from None
-        probs = self.score(batch)
+        probs = self.score_views(batch)
         return pd.DataFrame({
             "probability_fake": probs.astype(np.float64),
             "label": verdict(probs, self.threshold),

@@ -36,10 +36,11 @@ class TrainResult:
 
 
 def predict_split(model, ds) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Labels, probabilities and paths of a ``with_paths`` dataset, in one pass over the files."""
+    """Labels, probabilities and paths of a ``with_paths`` dataset, in one pass over the files (a file
+    given as several views, :func:`dfk.data.pipeline.scoring_dataset`: the mean of their probabilities)."""
     ys, ps, paths = [], [], []
     for x, y, p in ds:
-        ps.append(np.asarray(model(x, training=False)).reshape(-1))
+        ps.append(np.asarray(model(x, training=False)).reshape(len(y), -1).mean(axis=1))
         ys.append(y.numpy())
         paths += [s.decode() for s in p.numpy()]
     if not ps:
@@ -83,6 +84,7 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
     """The steps of a run, top to bottom; whether it resumes is ``ckpt``'s business alone."""
     import keras
 
+    from dfk.models import starts_pretrained
     from dfk.runs import tracking
     from dfk.training import devices
     from dfk.training.fit import Fit
@@ -100,9 +102,10 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
         tmp = Path(tmp)
         ckpt.begin(active, tmp, log_inputs=lambda: _log_inputs(cfg, place, index, tags))
         data = _Streams.of(cfg, place, index)
-        fit = Fit(model, cfg, place, data.train, data.validation, ckpt, used_weights != "random", callbacks)
-        phase_1_end = fit.head()  # phase 1: the head on a frozen pretrained backbone, or the whole model
-        fit.fine_tune(after=phase_1_end)  # phase 2: the backbone's last layers too, from the best head
+        fit = Fit(model, cfg, place, data.train, data.validation, ckpt, starts_pretrained(cfg.arch, used_weights),
+                  callbacks)
+        phase_1_end = fit.head()  # phase 1: the head on a frozen pretrained trunk, or the whole model
+        fit.fine_tune(after=phase_1_end)  # phase 2: the trunk's last layers too, from the best head
         fit.restore_best()
         _log_fit(fit.history, fit.seconds)
         result = _evaluate(model, cfg, index, data, tmp / "artifacts")
@@ -158,24 +161,38 @@ class _Streams:
     validation: Any
     common: dict[str, Any]
     failures: Any
+    native: bool = False  # a native-resolution model (ModelSpec.native_resolution): crops, and scored whole
 
     @classmethod
     def of(cls, cfg: TrainConfig, place, index) -> "_Streams":
-        from dfk.data.pipeline import DecodeFailures, make_dataset
+        from dfk.data.pipeline import DecodeFailures, larger_than_input, make_dataset
+        from dfk.models import get_spec
 
         failures = DecodeFailures()
+        # face crops are scored resized to the model's size (dfk.data.faces), so a face model trains on them so
+        native = get_spec(cfg.arch).native_resolution and not cfg.faces and larger_than_input(
+            [p for split in ("train", "validation", "test") for p in index.paths(split)], index.info, cfg.image_size)
         # fit splits each batch across the replicas: the stream yields batch_size per replica.
         # the scan's header of each file routes it to TensorFlow's own decoder or to Pillow (make_dataset)
         common = dict(image_size=cfg.image_size, batch_size=place.global_batch(cfg.batch_size), failures=failures,
-                      info=index.info)
+                      info=index.info, native=native)
         return cls(make_dataset(index.paths("train"), index.labels("train"), training=True, cfg=cfg, seed=cfg.seed,
                                 **common),
-                   make_dataset(index.paths("validation"), index.labels("validation"), **common), common, failures)
+                   make_dataset(index.paths("validation"), index.labels("validation"), **common), common, failures,
+                   native)
 
     def with_paths(self, index, split: str):
-        from dfk.data.pipeline import make_dataset
+        from dfk.data.pipeline import make_dataset, scoring_dataset
 
+        if self.native:  # scored as every entry point scores a file (dfk.data.decode.decode_views)
+            return scoring_dataset(index.paths(split), index.labels(split), self.common["image_size"], self.failures)
         return make_dataset(index.paths(split), index.labels(split), **self.common, with_paths=True)
+
+    def scorer(self, model):
+        """The model that scores :meth:`with_paths` (a native-resolution one takes pictures of any size)."""
+        from dfk.data.pipeline import any_size_model
+
+        return any_size_model(model) if self.native else model
 
 
 def _log_fit(history: dict[str, list[float]], seconds: float) -> None:
@@ -203,8 +220,9 @@ def _evaluate(model, cfg: TrainConfig, index, data: _Streams, art: Path) -> _Eva
     from dfk.metrics.binary import (apply_temperature, choose_threshold, evaluate_predictions, fit_temperature,
                                     write_report)
 
-    yv, pv, _ = predict_split(model, data.with_paths(index, "validation"))
-    yt, pt, test_paths = predict_split(model, data.with_paths(index, "test"))
+    scorer = data.scorer(model)
+    yv, pv, _ = predict_split(scorer, data.with_paths(index, "validation"))
+    yt, pt, test_paths = predict_split(scorer, data.with_paths(index, "test"))
     temperature = 1.0
     if cfg.calibrate:
         temperature = fit_temperature(yv, pv)
@@ -251,6 +269,10 @@ def _log_model(model, cfg: TrainConfig, used_weights: str, result: _Evaluation, 
     meta = {"arch": cfg.arch, "image_size": cfg.image_size, "threshold": result.threshold,
             "temperature": result.temperature, "batch_size": cfg.batch_size, "backbone_weights": used_weights,
             "dataset_fingerprint": index.fingerprint}
+    from dfk.models import get_spec
+
+    if get_spec(cfg.arch).native_resolution and not cfg.faces:  # served as the run scored (dfk.data.decode.decode_views)
+        meta["native_resolution"] = True
     if cfg.faces:  # how its images were cut: scoring finds and cuts faces the same way
         from dfk.data.faces import folder_rule
 
