@@ -1,6 +1,6 @@
 """Native resolution: train srm on random crops at the pictures' own resolution vs on resized pictures,
 and score the test split three ways: resized to the input size, the whole picture in one forward pass,
-and the mean over a grid of crops. Picks :data:`dfk.data.decode.NATIVE_SCORING`.
+and the mean over a grid of crops. Picks :data:`dfk.data.views.NATIVE_SCORING`.
 
 The built-in set at 192 px is trained on at 64 px: a resize shrinks each picture 3x (the situation of
 a 1000 px photo and a 256 px model), a crop keeps its pixels. A few epochs on 2 CPU cores: the figures
@@ -44,8 +44,8 @@ def score(model, pictures, size: int, how: str, batch: int = 32):
     """Probabilities of fake of decoded ``pictures``, brought to the model ``how``; and seconds taken."""
     import numpy as np
 
-    from dfk.data.decode import scoring_views
-    from dfk.data.pipeline import any_size_model
+    from dfk.data.views import scoring_views
+    from dfk.models.any_size import any_size_model
 
     scorer = model if how == "resize" else any_size_model(model)
     start = time.perf_counter()
@@ -71,7 +71,8 @@ def main() -> None:
     import numpy as np
 
     from dfk.config import TrainConfig
-    from dfk.data.decode import NATIVE_CROPS, read_image
+    from dfk.data.decode import read_image
+    from dfk.data.views import NATIVE_CROPS
     from dfk.data.scan import scan
     from dfk.data.synth import SynthSpec, generate
     from dfk.metrics.binary import evaluate_predictions

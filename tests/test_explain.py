@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dfk.explain.gradcam import gradcam, gradient_function, overlay, score_against_masks
+from dfk.explain.gallery import overlay
+from dfk.explain.gradcam import gradcam, gradient_function, score_against_masks
 from dfk.models import create_model, get_spec, list_models
 
 

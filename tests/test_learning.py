@@ -75,8 +75,24 @@ def _epochs_to(history: dict, key: str, level: float) -> int:
 @pytest.mark.timeout(1800)
 def test_the_forensic_detector_learns_faster_than_the_notebook_cnn(tmp_path):
     data = generate(SynthSpec(train=800, validation=100, test=20, seed=13), tmp_path / "d")
-    common = dict(data_dir=str(data), image_size=64, epochs=10, patience=10, gradcam_images=0, seed=13)
+    common = dict(data_dir=str(data), image_size=64, epochs=10, patience=10, gradcam_images=0, seed=13, weights="none")
     srm = train(TrainConfig.from_overrides(dict(arch="srm", **common)), log_model=False)
     cnn = train(TrainConfig.from_overrides(dict(arch="cnn", **common)), log_model=False)
     fast, slow = _epochs_to(srm.history, "val_auc", 0.9), _epochs_to(cnn.history, "val_auc", 0.9)
     assert fast <= 10 and fast < slow, (srm.history["val_auc"], cnn.history["val_auc"])
+
+
+@pytest.mark.timeout(1800)
+def test_fine_tuning_from_dfk_weights_beats_training_from_scratch_on_a_small_set(tmp_path):
+    """A user with a few hundred examples of forgeries dfk never pre-trained on: starting from the
+    shipped weights must detect them better than the same recipe from random weights."""
+    from dfk.models.weights import shipped_archs
+    from pipelines.generalization import few_shot_kinds
+
+    assert "srm" in shipped_archs()
+    data = generate(SynthSpec(train=150, validation=40, test=150, manipulations=few_shot_kinds(), shifted=True,
+                              seed=21), tmp_path / "small")
+    common = dict(arch="srm", data_dir=str(data), image_size=64, epochs=12, gradcam_images=0, seed=21)
+    auc = {w: train(TrainConfig.from_overrides(dict(common, weights=w)), log_model=False).metrics["test_roc_auc"]
+           for w in ("none", "dfk")}
+    assert auc["dfk"] > auc["none"], auc

@@ -19,9 +19,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from dfk.data import decode
-from dfk.data.decode import NATIVE_MAX_SIDE, decode_image, decode_views, native_dims, scoring_views
-from dfk.data.pipeline import DecodeFailures, larger_than_input, make_dataset
+from dfk.data import decode, views
+from dfk.data.decode import decode_image
+from dfk.data.pipeline import DecodeFailures, make_dataset
+from dfk.data.views import NATIVE_MAX_SIDE, decode_views, larger_than_input, native_dims, scoring_views
 
 SIZE = 32  # the model's input; the tiny set's pictures are 64 px, so a native model crops them
 
@@ -53,6 +54,25 @@ def test_pictures_larger_than_the_input_are_cropped_or_scored_whole_and_smaller_
     assert np.array_equal(decode_views(data, 64, False)[0], decode_image(data, 64))  # a resizing model: as before
     small = _encoded(_photo(30, 20))
     assert np.array_equal(decode_views(small, 64, True)[0], decode_image(small, 64))
+
+
+def test_any_size_model_takes_pictures_of_any_size_with_the_same_weights_nested_models_too():
+    import keras
+
+    from dfk.models.any_size import any_size_model
+
+    inner_in = keras.Input((SIZE, SIZE, 3))
+    backbone = keras.Model(inner_in, keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inner_in),
+                           name="backbone")
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    y = keras.layers.GlobalAveragePooling2D()(backbone(keras.layers.Rescaling(1 / 255)(image)))
+    model = keras.Model(image, keras.layers.Dense(1, activation="sigmoid")(y))
+    flexible = any_size_model(model)
+    x = np.random.default_rng(0).uniform(0, 255, (2, SIZE, SIZE, 3)).astype(np.float32)
+    assert np.abs(np.asarray(flexible(x)) - np.asarray(model(x))).max() < 1e-6
+    assert flexible(np.zeros((1, 50, 70, 3), np.float32)).shape == (1, 1)
+    assert flexible.get_layer("backbone").inputs[0].shape[1:3] == (None, None)
+    assert any_size_model(flexible) is flexible  # already any size: as it is
 
 
 def _files(tmp_path: Path) -> tuple[list[str], dict]:
@@ -89,7 +109,7 @@ def test_training_crops_are_the_same_pixels_from_tensorflow_and_pillow_and_chang
     # an evaluation stream's crop is the centre of the picture at its own resolution
     centre = _pixels(make_dataset([big], [0], SIZE, 1, DecodeFailures(), with_paths=True, native=True, info=info))[big]
     full = decode.read_image(big)
-    top, left = decode.crop_offset(0.5, 150, SIZE), decode.crop_offset(0.5, 200, SIZE)
+    top, left = views.crop_offset(0.5, 150, SIZE), views.crop_offset(0.5, 200, SIZE)
     assert np.array_equal(centre, full[top:top + SIZE, left:left + SIZE])
     # pictures not larger than the input are resized exactly as for any model (a set of only those: the same stream)
     assert larger_than_input(paths, info, SIZE) and not larger_than_input([paths[5], paths[7]], info, SIZE)
@@ -147,9 +167,10 @@ def test_a_native_model_gives_one_probability_through_every_entry_point(native_m
 
     from bench.localserver import MODELS_SERVE_ANY_PORT, request, running, venv_tool
     from dfk.cli import app as cli
-    from dfk.data.pipeline import any_size_model, scoring_dataset
+    from dfk.data.pipeline import scoring_dataset
     from dfk.evaluation.scoring import score_folder
     from dfk.explain.gradcam import explain_files
+    from dfk.models.any_size import any_size_model
     from dfk.serving.detector import load_detector
     from dfk.training.trainer import predict_split
 

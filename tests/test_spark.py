@@ -14,6 +14,7 @@ import time
 import pytest
 
 import dfk.cli.spark  # noqa: F401  the command (dfk.cli registers it too)
+from tests.test_native_resolution import SIZE, _encoded, _photo, native_model  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.spark
 
@@ -104,6 +105,45 @@ def test_spark_scores_equal_dfk_predicts_and_bad_files_are_rows_with_errors(spar
     assert all(scored.label[p] == expected[p][1] for p in good)
     assert f"Scored {len(good)} images ({len(bad)} unusable" in result.output
     print(f"\nspark: {len(rows)} files scored in {seconds:.1f} s (session already running)")
+
+
+def test_a_native_resolution_model_scores_as_dfk_predict_and_the_pyfunc_do(spark, native_model, tmp_path):
+    """A forensic model sees a picture larger than its input at its own resolution through Spark too, not
+    the input-size copy a resizing model is handed."""
+    import mlflow
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from dfk.cli import app
+    from dfk.data.decode import decode_image
+    from dfk.evaluation.scoring import predict_files
+    from dfk.serving.detector import load_detector
+
+    folder = native_model[0]
+    d = tmp_path / "pictures"
+    d.mkdir()
+    # whole at its size; capped at 1024 px (a JPEG decoded at a reduced scale); larger on one side only and
+    # a small one (both resized, as for any model)
+    for i, (w, h, fmt) in enumerate([(200, 150, "PNG"), (2300, 2100, "JPEG"), (300, 24, "PNG"), (20, 16, "JPEG")]):
+        (d / f"{i}_{w}x{h}.{fmt.lower()}").write_bytes(_encoded(_photo(w, h, i), fmt))
+    files = sorted(str(p) for p in d.iterdir())
+    out = tmp_path / "scores.parquet"
+    result = CliRunner().invoke(app, ["score-spark", str(d), "--model", str(folder), "--out", str(out),
+                                      "--master", "local[2]"])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(out)
+    got = dict(zip((p.removeprefix("file:") for p in rows.path), rows.probability_fake))
+    assert sorted(got) == files and rows.error.isna().all()
+
+    detector = load_detector(str(folder))
+    assert detector.native
+    predicted = {p: prob for p, prob, _ in predict_files(detector, files, 8)}
+    served = mlflow.pyfunc.load_model(str(folder)).predict(pd.DataFrame({"image": [open(p, "rb").read() for p in files]}))
+    for p, s in zip(files, served.probability_fake):
+        assert abs(got[p] - predicted[p]) < 1e-5 and abs(got[p] - s) < 1e-5, (p, got[p], predicted[p], s)
+    whole = files[0]  # seen whole: its input-size copy scores otherwise
+    resized = float(detector.score(decode_image(open(whole, "rb").read(), SIZE)[None])[0])
+    assert abs(resized - got[whole]) > 1e-6
 
 
 def test_glob_filter_matches_every_image_extension_in_any_case():

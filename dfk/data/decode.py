@@ -3,7 +3,8 @@
 One function serves training, evaluation, Grad-CAM, serving and the web app, so a model always
 sees pixels prepared the same way. Pillow decodes, but only the formats in
 :data:`ALLOWED_FORMATS` (it knows ~40 more, FITS and PSD among them, each more code facing
-untrusted bytes); OpenCV resizes (area interpolation when shrinking, which does not alias).
+untrusted bytes); OpenCV resizes (area interpolation when shrinking, which does not alias). How a
+picture is then brought to a model (resized, or at its own resolution) is :mod:`dfk.data.views`.
 
 Every image is checked from its header before any pixel is decoded: its pixel count against
 :data:`MAX_PIXELS` (Pillow's own guard, set to the same number) and its decoded size against
@@ -20,7 +21,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageFile
@@ -254,104 +255,6 @@ def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
     return orient(resize(arr, size) if size is not None else arr, turn)
 
 
-# ----------------------------------------------------------------------------- native resolution
-#: A model that reads an image at its own resolution (``ModelSpec.native_resolution``) first brings a
-#: picture whose longer side exceeds this down to it (aspect kept, area interpolation): a 12 Mpx photo
-#: would cost ~40x a 1 Mpx one for traces that a camera's demosaicing and JPEG spread over a few pixels.
-NATIVE_MAX_SIDE = 1024
-
-#: How a native-resolution model scores a picture: ``"full"``, the whole (capped) picture in one forward
-#: pass, or ``"crops"``, the mean probability of up to :data:`NATIVE_CROPS` grid crops of the input size.
-#: ``full`` is the default: measured by bench/crops.py (docs/BENCHMARKS.md, "Native resolution"), srm
-#: trained on native crops scores test ROC-AUC 0.809 whole against 0.782 by 9 crops averaged (0.746 for
-#: today's resize, both ways), at one forward pass per picture instead of up to 9. The net pools its whole
-#: map with average + max, so the strongest trace anywhere counts, which a mean over crops dilutes; and
-#: its Grad-CAM is one map of the picture as scored. CNNDetection scores with --no_crop the same way.
-NATIVE_SCORING = "full"
-#: The most crops ``"crops"`` scoring takes (a grid of up to 3 x 3 covering the picture).
-NATIVE_CROPS = 9
-
-
-def native_dims(h: int, w: int, size: int) -> tuple[int, int] | None:
-    """The ``(height, width)`` a native-resolution model sees a decoded ``h`` x ``w`` picture at (its
-    longer side capped at :data:`NATIVE_MAX_SIDE`), or None when the picture is resized to ``size`` as
-    for any model: it is not larger than ``size`` (or, once capped, narrower than ``size`` on a side)."""
-    s = min(1.0, NATIVE_MAX_SIDE / max(h, w))
-    ch, cw = (h, w) if s >= 1 else (max(1, round(h * s)), max(1, round(w * s)))
-    if min(ch, cw) < size or (ch == size and cw == size):
-        return None
-    return ch, cw
-
-
-def cap(arr: np.ndarray, dims: tuple[int, int]) -> np.ndarray:
-    """``arr`` brought to ``dims`` (:func:`native_dims`): unchanged, or shrunk with area interpolation."""
-    import cv2
-
-    if arr.shape[:2] == tuple(dims):
-        return arr
-    return cv2.resize(arr, (dims[1], dims[0]), interpolation=cv2.INTER_AREA)
-
-
-def crop_offset(u: float, span: int, size: int) -> int:
-    """Top (or left) of a ``size`` crop in ``span`` at the fraction ``u`` in [0, 1), in float32 as the
-    tf.data pipeline computes it, so both decoders cut the same pixels."""
-    return int(min(np.floor(np.float32(u) * np.float32(span - size + 1)), span - size))
-
-
-def training_view(arr: np.ndarray, size: int, u: tuple[float, float]) -> np.ndarray:
-    """A native-resolution model's training input from a picture decoded by :func:`decode_native`:
-    a ``size`` crop at fractions ``u`` (y, x) of the (capped) picture, or the picture resized to ``size``."""
-    dims = native_dims(*arr.shape[:2], size)
-    if dims is None:
-        return resize(arr, size)
-    arr = cap(arr, dims)
-    y, x = crop_offset(u[0], dims[0], size), crop_offset(u[1], dims[1], size)
-    return np.ascontiguousarray(arr[y:y + size, x:x + size])
-
-
-def crop_grid(h: int, w: int, size: int, n: int = NATIVE_CROPS) -> list[tuple[int, int]]:
-    """``(top, left)`` of up to ``n`` ``size`` crops on a grid covering an ``h`` x ``w`` picture."""
-    per_side = max(1, int(np.sqrt(n)))
-    ny, nx = min(per_side, -(-h // size)), min(per_side, -(-w // size))
-    ys = np.linspace(0, h - size, ny).round().astype(int) if ny > 1 else [(h - size) // 2]
-    xs = np.linspace(0, w - size, nx).round().astype(int) if nx > 1 else [(w - size) // 2]
-    return [(int(y), int(x)) for y in ys for x in xs]
-
-
-def scoring_views(arr: np.ndarray, size: int, native: bool = False, how: str | None = None) -> np.ndarray:
-    """How a decoded picture is brought to the model for scoring; every entry point calls this (or
-    :func:`decode_views`). Returns ``(k, H, W, 3)`` uint8 views whose probabilities of fake, averaged,
-    are the picture's: one ``size`` x ``size`` resize for most models; for a native-resolution model
-    (a picture larger than ``size``) the whole capped picture (``how="full"``) or a grid of crops."""
-    dims = native_dims(*arr.shape[:2], size) if native else None
-    if dims is None:
-        return resize(arr, size)[None]
-    arr = cap(arr, dims)
-    if (how or NATIVE_SCORING) == "full":
-        return arr[None]
-    return np.stack([arr[y:y + size, x:x + size] for y, x in crop_grid(*dims, size)])
-
-
-def decode_native(data: bytes) -> np.ndarray:
-    """Bytes -> uint8 RGB at the resolution a native-resolution model reads (a JPEG of more than twice
-    :data:`NATIVE_MAX_SIDE` a side decodes at a reduced scale, as for any size asked), upright."""
-    im = open_image(data, NATIVE_MAX_SIDE)
-    turn = orientation(im)
-    arr = to_rgb_array(im)
-    im.close()
-    return orient(arr, turn)
-
-
-def decode_views(data: bytes, size: int, native: bool = False) -> np.ndarray:
-    """Bytes -> the views :func:`scoring_views` gives; a picture resized (by a model that resizes, or
-    not larger than ``size``) is decoded as it always was, :func:`decode_image`."""
-    if native:
-        arr = decode_native(data)
-        if native_dims(*arr.shape[:2], size) is not None:
-            return scoring_views(arr, size, True)
-    return decode_image(data, size)[None]
-
-
 def decode_for_display(data: bytes, max_side: int) -> np.ndarray:
     """Bytes -> uint8 RGB array whose longer side is at most ``max_side``, aspect kept, upright."""
     im = open_image(data, max_side)
@@ -402,35 +305,3 @@ def collect_images(inputs: Sequence[str | os.PathLike], extensions: frozenset[st
         raise UserError(f"no {what} files in {', '.join(map(str, inputs))}")
     return found
 
-
-class ImageBatches:
-    """Decoded batches of image files at ``image_size``: ``(files, array, files tried)`` per batch (for a
-    native-resolution model, ``array`` is a list of each file's :func:`decode_views`).
-
-    An unreadable file is left out of its batch, counted in ``skipped`` and passed to ``on_skip``.
-    """
-
-    def __init__(self, files: Sequence[Path], image_size: int, batch_size: int,
-                 on_skip: Callable[[Path, str], None] | None = None, native: bool = False) -> None:
-        self.files, self.image_size, self.batch_size, self.on_skip = list(files), image_size, batch_size, on_skip
-        self.native = native  # a native-resolution model's batch is a list of each image's views (decode_views)
-        self.skipped = 0
-
-    def __iter__(self):
-        for start in range(0, len(self.files), self.batch_size):
-            chunk = self.files[start:start + self.batch_size]
-            batch, names = [], []
-            for f in chunk:
-                try:
-                    batch.append(decode_views(read_bytes(f), self.image_size, True) if self.native
-                                 else read_image(str(f), self.image_size))
-                    names.append(f)
-                except BadImage as exc:
-                    self.skipped += 1
-                    if self.on_skip:
-                        self.on_skip(f, str(exc))
-            if self.native:
-                yield names, batch, len(chunk)
-                continue
-            x = np.stack(batch).astype(np.float32) if batch else np.zeros((0, self.image_size, self.image_size, 3), np.float32)
-            yield names, x, len(chunk)

@@ -26,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from dfk.config import TrainConfig
-from dfk.data.decode import NATIVE_MAX_SIDE, BadImage, decode_native, native_dims, read_bytes, read_image, training_view
+from dfk.data.decode import BadImage, read_bytes, read_image
+from dfk.data.views import NATIVE_MAX_SIDE, decode_native, decode_views, larger_than_input, native_dims, training_view
 
 AUTOTUNE = tf.data.AUTOTUNE
 #: Training sets whose decoded pixels (uint8) fit in this many bytes are decoded once and kept in memory.
@@ -42,7 +43,7 @@ PILLOW, JPEG, PNG = 0, 1, 2
 #: libjpeg's reduced-size decoding, as Pillow's ``JpegImageFile.draft`` picks it (largest first).
 _JPEG_SCALES = (8, 4, 2, 1)
 #: How the decoded picture is brought to size, as :func:`dfk.data.decode.resize` does; for a
-#: native-resolution model, as :func:`dfk.data.decode.training_view` does: a crop of the picture
+#: native-resolution model, as :func:`dfk.data.views.training_view` does: a crop of the picture
 #: (``_CROP``), or of the picture shrunk to its cap first (``_CAP``).
 _SAME, _AREA, _LINEAR, _CROP, _CAP = 0, 1, 2, 3, 4
 
@@ -50,7 +51,7 @@ _SAME, _AREA, _LINEAR, _CROP, _CAP = 0, 1, 2, 3, 4
 def route(info, size: int, native: bool = False) -> tuple[int, int, int, int, int]:
     """``(decoder, JPEG scale, resize, height, width)`` of a file whose header the scan
     read (``info``, a :class:`dfk.data.scan.ImageInfo`, or None), to be brought to ``size`` px
-    (``native``: as a native-resolution model's training crop, :func:`dfk.data.decode.training_view`).
+    (``native``: as a native-resolution model's training crop, :func:`dfk.data.views.training_view`).
 
     TensorFlow decodes (``JPEG``/``PNG``) what it turns into the same pixels as the Pillow decoder:
     8-bit RGB or grayscale JPEG (not CMYK, not MPO) and PNG (not palette, alpha or 16-bit: the bit
@@ -63,7 +64,7 @@ def route(info, size: int, native: bool = False) -> tuple[int, int, int, int, in
     w, h = width, height = info.width, info.height
     if info.format == "JPEG" and info.mode in ("RGB", "L") and info.orientation == 1:
         # Pillow's JpegImageFile.draft(mode, (size, size)): the largest scale keeping both sides >= size.
-        draft = NATIVE_MAX_SIDE if native else size  # dfk.data.decode.decode_native drafts at the cap
+        draft = NATIVE_MAX_SIDE if native else size  # dfk.data.views.decode_native drafts at the cap
         most = min(w // draft, h // draft)
         scale = next(i for i, s in enumerate(_JPEG_SCALES) if most >= s or s == 1)
         s = _JPEG_SCALES[scale]
@@ -177,7 +178,7 @@ def _native(decoder: int, scale: int, how: int, size: int):
             if how == _CAP:  # shrunk to the cap with both sides alike: area, as OpenCV's INTER_AREA
                 image = tf.image.resize(image, tf.stack([th, tw]), method="area")
                 image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-            # dfk.data.decode.crop_offset, in the same float32 arithmetic
+            # dfk.data.views.crop_offset, in the same float32 arithmetic
             top = [tf.minimum(tf.cast(tf.floor(u[i] * tf.cast(n - size + 1, tf.float32)), tf.int32), n - size)
                    for i, n in enumerate((th, tw))]
             image = image[top[0]:top[0] + size, top[1]:top[1] + size]
@@ -300,15 +301,6 @@ def augmenter(cfg: TrainConfig):
     return augment
 
 
-def larger_than_input(paths: Sequence[str], info: Mapping[str, object] | None, image_size: int) -> bool:
-    """Whether a native-resolution model would see any of ``paths`` at its own resolution (a picture
-    larger than ``image_size``, :func:`dfk.data.decode.native_dims`; a file the scan did not read may be)."""
-    if info is None:
-        return bool(len(paths))
-    return any(info.get(p) is None or native_dims(info[p].height, info[p].width, image_size) is not None
-               for p in paths)
-
-
 def make_dataset(
     paths: Sequence[str],
     labels: Sequence[int],
@@ -325,7 +317,7 @@ def make_dataset(
     """Batches of ``(images float32 0..255, labels float32)``, plus paths when ``with_paths``.
 
     ``native``: for a native-resolution model (``ModelSpec.native_resolution``) a picture larger than
-    ``image_size`` is not resized but cropped at its own resolution (:func:`dfk.data.decode.training_view`):
+    ``image_size`` is not resized but cropped at its own resolution (:func:`dfk.data.views.training_view`):
     a random crop, a new one every epoch, in a training stream; the centre crop in an evaluation stream
     (the validation during fit; a run's scores come from :func:`scoring_dataset`).
 
@@ -382,11 +374,9 @@ def make_dataset(
 def scoring_dataset(paths: Sequence[str], labels: Sequence[int], image_size: int, failures: DecodeFailures,
                     native: bool = True) -> tf.data.Dataset:
     """One element per readable file, in order: ``(views float32 (k, H, W, 3), [label], [path])``, the
-    file brought to the model by :func:`dfk.data.decode.decode_views` as every scoring entry point brings
+    file brought to the model by :func:`dfk.data.views.decode_views` as every scoring entry point brings
     it; the picture's probability is the mean over its views. For a native-resolution model's run scores
     (sizes differ, so one file at a time); unreadable files are recorded in ``failures`` and left out."""
-    from dfk.data.decode import decode_views
-
     def files():
         for p, y in zip(paths, labels):
             try:
@@ -400,29 +390,3 @@ def scoring_dataset(paths: Sequence[str], labels: Sequence[int], image_size: int
         tf.TensorSpec((None, None, None, 3), tf.float32), tf.TensorSpec((1,), tf.float32),
         tf.TensorSpec((1,), tf.string))).prefetch(2)
 
-
-def any_size_model(model):
-    """``model`` (a built functional model whose ``Input`` has a fixed size) re-wired on an input of any
-    height and width, with its weights: what a native-resolution model scores whole pictures with.
-    Nested functional models (a ``backbone``) are re-wired alike. The layers are fresh copies holding the
-    same weights, so Grad-CAM can read their outputs. (Needed while the models are built with a fixed
-    ``Input(shape=(image_size, image_size, 3))``, which Keras checks on every call.)"""
-    import keras
-
-    def rewire(m):
-        if all(d is None for d in m.inputs[0].shape[1:-1]):
-            return m
-        inp = keras.Input((*(None,) * (len(m.inputs[0].shape) - 2), m.inputs[0].shape[-1]),
-                          dtype=m.inputs[0].dtype, name=m.inputs[0].name)
-
-        def clone(layer):
-            if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
-                return rewire(layer)
-            return layer.__class__.from_config(layer.get_config())
-
-        return keras.models.clone_model(m, input_tensors=inp, clone_function=clone)
-
-    flexible = rewire(model)
-    if flexible is not model:
-        flexible.set_weights(model.get_weights())
-    return flexible

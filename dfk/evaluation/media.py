@@ -74,7 +74,7 @@ def frame_inputs(detector, image: np.ndarray):
     """What the model scores in a frame: ``(boxes or None, inputs (N, size, size, 3))``; a face model's
     faces cut by its rule from the frame shrunk as a photo is (:func:`dfk.data.faces.load_for_faces`); a
     native-resolution model's views of the frame (:meth:`dfk.serving.detector.DeepfakeDetector.views`)."""
-    from dfk.data.decode import scoring_views
+    from dfk.data.views import scoring_views
     from dfk.data.faces import face_crops, shrink
 
     if detector.faces is None:
@@ -176,7 +176,7 @@ def collect_media(inputs) -> list[Path]:
 
 def score_picture(detector, data: bytes) -> dict:
     """One photo's verdict: a face model's faces (each scored) and the most fake; else the whole photo."""
-    from dfk.data.decode import decode_views
+    from dfk.data.views import decode_views
     from dfk.data.faces import load_for_faces
     from dfk.metrics.binary import verdict
 
@@ -189,7 +189,7 @@ def score_picture(detector, data: bytes) -> dict:
 
 def predict_images(detector, files, batch_size: int, on_skip=None, progress: Callable[[int], None] | None = None):
     """``(path, probability of fake, verdict)`` for each readable image, whole, scored in batches."""
-    from dfk.data.decode import ImageBatches
+    from dfk.data.views import ImageBatches
     from dfk.metrics.binary import verdict
 
     rows = []

@@ -104,7 +104,8 @@ class FolderScore:
 def score_folder(detector, index, split: str = "test", perturbations=(), seed: int = 0,
                  progress: Callable[[int], None] | None = None) -> FolderScore:
     """Predictions of ``detector`` on ``split`` of ``index``, clean and perturbed, with metrics."""
-    from dfk.data.decode import BadImage, decode_native, read_bytes, read_image, resize
+    from dfk.data.decode import BadImage, read_bytes, read_image, resize
+    from dfk.data.views import decode_native
     from dfk.data.faces import crop, detect_faces, load_for_faces
     from dfk.metrics.binary import evaluate_predictions
 

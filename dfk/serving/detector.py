@@ -3,7 +3,7 @@
 It carries the Keras model, its preprocessing (decode, convert to RGB, resize; the
 architecture's own normalisation is a layer inside the Keras model) and the decision threshold
 chosen on validation. A native-resolution model (its metadata's ``native_resolution``) is not
-resized: it scores each picture as :func:`dfk.data.decode.scoring_views` brings it, as every dfk
+resized: it scores each picture as :func:`dfk.data.views.scoring_views` brings it, as every dfk
 entry point does. Input: a DataFrame column ``image`` of raw image bytes, or base64 strings
 of them (MLflow's JSON decoding of binary columns differs between request formats). Output per
 row: ``probability_fake`` and ``label`` (``fake``/``real``).
@@ -23,7 +23,8 @@ import numpy as np
 
 import mlflow.pyfunc
 
-from dfk.data.decode import BadImage, decode_image, decode_views, scoring_views
+from dfk.data.decode import BadImage, decode_image
+from dfk.data.views import decode_views, scoring_views
 
 IMAGE_COLUMN = "image"
 KERAS_ARTIFACT = "keras_model"
@@ -107,7 +108,7 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
     def decode_rows(self, images, first_row: int = 0):
         """Decode request rows to uint8 (N, size, size, 3), one at a time: memory grows with the rows
         decoded, never with what a request claims; a bad row raises :class:`InvalidInput` naming it.
-        A native-resolution model's rows: a list of each row's views (:func:`dfk.data.decode.decode_views`)."""
+        A native-resolution model's rows: a list of each row's views (:func:`dfk.data.views.decode_views`)."""
         out = []
         for i, value in enumerate(images, first_row):
             try:
@@ -120,17 +121,17 @@ class DeepfakeDetector(mlflow.pyfunc.PythonModel):
         return np.stack(out) if out else np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
 
     def views(self, image: np.ndarray) -> np.ndarray:
-        """A decoded picture (uint8, any size) as this model scores it: :func:`dfk.data.decode.scoring_views`."""
+        """A decoded picture (uint8, any size) as this model scores it: :func:`dfk.data.views.scoring_views`."""
         return scoring_views(image, self.image_size, self.native)
 
     @property
     def scoring_model(self):
         """The Keras model that scores views of any size (a native-resolution model's is re-wired on an
-        input of any size, :func:`dfk.data.pipeline.any_size_model`); any other model's is ``model``."""
+        input of any size, :func:`dfk.models.any_size.any_size_model`); any other model's is ``model``."""
         if not self.native:
             return self.model
         if self._any_size is None:
-            from dfk.data.pipeline import any_size_model
+            from dfk.models.any_size import any_size_model
 
             self._any_size = any_size_model(self.model)
         return self._any_size

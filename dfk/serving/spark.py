@@ -6,11 +6,13 @@ batches of at most :attr:`dfk.settings.Settings.max_request_rows` rows (the pyfu
 
 The served pyfunc refuses a whole request when one row is not a usable image (an HTTP 400 names
 the row), so a bad file would fail its Spark task and then the job. Each file is therefore first
-decoded by dfk's own decoder (:func:`dfk.data.decode.decode_image`, every check of serving) at
-the model's input size, on the executors: a file that fails gets its reason in the ``error``
-column and a placeholder for the model; one that decodes is handed to the pyfunc as a lossless
-BMP of exactly those pixels, which the pyfunc decodes again without resizing. So each file is
-decoded once at full cost, scores equal ``dfk predict``'s, and no file fails the job.
+decoded by dfk's own decoder (:func:`dfk.data.views.scoring_picture`, every check of serving) as
+the model reads it, on the executors: resized to its input size, or, for a native-resolution model,
+at the picture's own resolution (capped). A file that fails gets its reason in the ``error`` column
+and a placeholder for the model; one that decodes is handed to the pyfunc as a lossless BMP of
+exactly those pixels, which the pyfunc brings to the same views again without resampling. (A face
+model gets the file's own bytes: it finds faces at full size.) So each file is decoded once at full
+cost, scores equal ``dfk predict``'s, and no file fails the job.
 
 Output columns: ``path``, ``probability_fake`` (null for a bad file), ``label`` (``fake``/``real``,
 null for a bad file), ``error`` (null for a scored file).
@@ -52,9 +54,10 @@ def _bmp(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def prepare_udf(image_size: int, keep_bytes: bool = False):
+def prepare_udf(image_size: int, keep_bytes: bool = False, native: bool = False):
     """A pandas UDF: image bytes -> ``struct<image: binary, error: string>``: a BMP of the pixels the
-    model sees (decoded, upright, at ``image_size``), or a placeholder and why the file is unusable.
+    model's views are cut from (:func:`dfk.data.views.scoring_picture`: decoded, upright, at ``image_size``
+    or, ``native``, at the picture's own resolution), or a placeholder and why the file is unusable.
     ``keep_bytes``: hand the file's own bytes on once they decode (a face model finds faces at full size)."""
     from pyspark.sql.functions import pandas_udf
 
@@ -62,12 +65,13 @@ def prepare_udf(image_size: int, keep_bytes: bool = False):
 
     @pandas_udf("image binary, error string")
     def prepare(content: pd.Series) -> pd.DataFrame:
-        from dfk.data.decode import BadImage, decode_image
+        from dfk.data.decode import BadImage
+        from dfk.data.views import scoring_picture
 
         images, errors = [], []
         for data in content:
             try:
-                pixels = decode_image(bytes(data), image_size)
+                pixels = scoring_picture(bytes(data), image_size, native)
                 images.append(bytes(data) if keep_bytes else _bmp(pixels))
                 errors.append(None)
             except BadImage as exc:
@@ -110,10 +114,11 @@ def session(master: str | None = None):
 
 
 def score_images(spark, inputs: Sequence[str], model_uri: str, image_size: int, glob: str | None = None,
-                 keep_bytes: bool = False):
+                 keep_bytes: bool = False, native: bool = False):
     """A DataFrame of :data:`OUTPUT_SCHEMA`, one row per image file under ``inputs`` (folders, searched
     recursively, or URIs Spark reads: ``s3://``, ``abfss://``, ``dbfs:/``), scored by ``model_uri``
-    with ``mlflow.pyfunc.spark_udf`` (``env_manager="local"``: dfk installed where the executors run)."""
+    with ``mlflow.pyfunc.spark_udf`` (``env_manager="local"``: dfk installed where the executors run).
+    ``image_size``, ``keep_bytes``, ``native``: how the model reads a picture (:func:`prepare_udf`)."""
     import mlflow.pyfunc
     from pyspark.sql import functions as F
 
@@ -129,7 +134,7 @@ def score_images(spark, inputs: Sequence[str], model_uri: str, image_size: int, 
     images = (spark.read.format("binaryFile").option("pathGlobFilter", glob or glob_filter())
               .option("recursiveFileLookup", "true").load(list(inputs)))
     detect = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=VERDICT_TYPE, env_manager="local")
-    prepared = images.select("path", prepare_udf(image_size, keep_bytes)(F.col("content")).alias("p"))
+    prepared = images.select("path", prepare_udf(image_size, keep_bytes, native)(F.col("content")).alias("p"))
     scored = prepared.select("path", F.col("p.error").alias("error"),
                              detect(F.struct(F.col("p.image").alias("image"))).alias("v"))
     good = F.col("error").isNull()
@@ -161,7 +166,7 @@ def score_to_files(inputs: Sequence[str], out: str, model_uri: str, fmt: str | N
     spark = session(master)
     t = time.perf_counter()
     rows = score_images(spark, [str(Path(i).resolve()) if i in local else i for i in inputs], ref.uri,
-                        detector.image_size, glob, keep_bytes=getattr(detector, "faces", None) is not None)
+                        detector.image_size, glob, keep_bytes=detector.faces is not None, native=detector.native)
     writer = rows.write.mode("overwrite")
     (writer.option("header", "true").csv(out) if fmt == "csv" else writer.parquet(out))
     written = spark.read.parquet(out) if fmt == "parquet" else spark.read.option("header", "true").csv(out)

@@ -165,7 +165,8 @@ class _Streams:
 
     @classmethod
     def of(cls, cfg: TrainConfig, place, index) -> "_Streams":
-        from dfk.data.pipeline import DecodeFailures, larger_than_input, make_dataset
+        from dfk.data.pipeline import DecodeFailures, make_dataset
+        from dfk.data.views import larger_than_input
         from dfk.models import get_spec
 
         failures = DecodeFailures()
@@ -184,13 +185,13 @@ class _Streams:
     def with_paths(self, index, split: str):
         from dfk.data.pipeline import make_dataset, scoring_dataset
 
-        if self.native:  # scored as every entry point scores a file (dfk.data.decode.decode_views)
+        if self.native:  # scored as every entry point scores a file (dfk.data.views.decode_views)
             return scoring_dataset(index.paths(split), index.labels(split), self.common["image_size"], self.failures)
         return make_dataset(index.paths(split), index.labels(split), **self.common, with_paths=True)
 
     def scorer(self, model):
         """The model that scores :meth:`with_paths` (a native-resolution one takes pictures of any size)."""
-        from dfk.data.pipeline import any_size_model
+        from dfk.models.any_size import any_size_model
 
         return any_size_model(model) if self.native else model
 
@@ -271,7 +272,7 @@ def _log_model(model, cfg: TrainConfig, used_weights: str, result: _Evaluation, 
             "dataset_fingerprint": index.fingerprint}
     from dfk.models import get_spec
 
-    if get_spec(cfg.arch).native_resolution and not cfg.faces:  # served as the run scored (dfk.data.decode.decode_views)
+    if get_spec(cfg.arch).native_resolution and not cfg.faces:  # served as the run scored (dfk.data.views.decode_views)
         meta["native_resolution"] = True
     if cfg.faces:  # how its images were cut: scoring finds and cuts faces the same way
         from dfk.data.faces import folder_rule
