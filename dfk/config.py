@@ -66,8 +66,8 @@ class TrainConfig:
     # for a model trained from scratch; a bare PATH: whichever of the two the architecture takes.
     weights: str = "auto"
     # Starting from pretrained weights, phase 2 unfreezes this many trunk layers (from the end) after the head
-    # learnt; auto: the architecture's own (0, the notebook's frozen ResNet, for ImageNet backbones; the whole
-    # trunk for the forensic detectors from dfk's weights).
+    # learnt on the frozen trunk; auto: the architecture's own, 0: for ImageNet backbones the notebook's frozen
+    # ResNet, for the forensic detectors from dfk's weights no frozen phase (the whole net trains from them).
     fine_tune_at: int | None = None
     # Phase 2's learning rate; auto: the architecture's own (1e-5, small enough not to destroy ImageNet
     # features; 2e-4 for the forensic detectors' small trunk).

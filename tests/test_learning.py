@@ -84,15 +84,16 @@ def test_the_forensic_detector_learns_faster_than_the_notebook_cnn(tmp_path):
 
 @pytest.mark.timeout(1800)
 def test_fine_tuning_from_dfk_weights_beats_training_from_scratch_on_a_small_set(tmp_path):
-    """A user with a few hundred examples of forgeries dfk never pre-trained on: starting from the
-    shipped weights must detect them better than the same recipe from random weights."""
+    """A user with a few hundred pictures (here the forgeries `dfk data synth --from-reals` makes of
+    real photographs, drawn with another seed than the pre-training corpus): starting from the shipped
+    weights must detect them better than the same recipe from random weights."""
+    from dfk.data.synth import SELF_BLENDS
     from dfk.models.weights import shipped_archs
-    from pipelines.generalization import few_shot_kinds
 
     assert "srm" in shipped_archs()
-    data = generate(SynthSpec(train=150, validation=40, test=150, manipulations=few_shot_kinds(), shifted=True,
-                              seed=21), tmp_path / "small")
+    data = generate(SynthSpec(train=150, validation=40, test=150, manipulations=SELF_BLENDS, broad=True, seed=21),
+                    tmp_path / "small")
     common = dict(arch="srm", data_dir=str(data), image_size=64, epochs=12, gradcam_images=0, seed=21)
     auc = {w: train(TrainConfig.from_overrides(dict(common, weights=w)), log_model=False).metrics["test_roc_auc"]
            for w in ("none", "dfk")}
-    assert auc["dfk"] > auc["none"], auc
+    assert auc["dfk"] > auc["none"] + 0.03, auc

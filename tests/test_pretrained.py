@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from dfk.cli import app
 from dfk.errors import UserError
-from dfk.models import create_model, get_spec, list_models
+from dfk.models import create_model, list_models
 from dfk.models import weights as w
 
 runner = CliRunner()
@@ -132,19 +132,33 @@ def test_damaged_shipped_weights_fail_dfk_train_with_one_line(shipped, tiny_data
     assert mlflow.search_runs(search_all_experiments=True).empty  # nothing half-written
 
 
-def test_fine_tuning_from_dfk_weights_runs_both_phases(shipped, tiny_data):
+def test_dfk_weights_train_the_whole_model_in_one_phase_by_default(shipped, tiny_data):
     from dfk.config import TrainConfig
     from dfk.training.trainer import train
 
     path, digest = shipped
     cfg = TrainConfig.from_overrides(dict(arch="srm", data_dir=str(tiny_data), image_size=32, batch_size=8, epochs=1,
-                                          fine_tune_epochs=1, gradcam_images=0))
-    assert (cfg.weights, cfg.fine_tune_at, cfg.fine_tune_lr) == ("auto", get_spec("srm").fine_tune_at, 2e-4)
-    result = train(cfg, experiment="fine-tune", log_model=False)
+                                          gradcam_images=0))
+    assert (cfg.weights, cfg.fine_tune_at) == ("auto", 0)
+    result = train(cfg, experiment="from-dfk", log_model=False)
     tags = mlflow.get_run(result.run_id).data.tags
     assert tags["backbone_weights"] == result.backbone_weights == f"dfk:{digest[:12]}"
-    phases = tags["fit_phases"].splitlines()
-    assert phases == ["phase 1: learning rate 0.002", f"phase 2 (last {cfg.fine_tune_at} layers): learning rate 0.0002"]
+    assert tags["fit_phases"] == "training: learning rate 0.002"
+    reference, _ = create_model("srm", 32, weights="dfk")
+    for layer in ("conv1", "bn1", "conv4", "head_dense"):  # everything trained, from dfk's weights
+        assert not _same(result.model.get_layer(layer), reference.get_layer(layer)), layer
+
+
+def test_fine_tune_at_asks_for_the_two_phase_recipe_from_dfk_weights(shipped, tiny_data):
+    from dfk.config import TrainConfig
+    from dfk.training.trainer import train
+
+    cfg = TrainConfig.from_overrides(dict(arch="srm", data_dir=str(tiny_data), image_size=32, batch_size=8, epochs=1,
+                                          fine_tune_at=15, fine_tune_epochs=1, gradcam_images=0))
+    assert cfg.fine_tune_lr == 2e-4
+    result = train(cfg, experiment="fine-tune", log_model=False)
+    phases = mlflow.get_run(result.run_id).data.tags["fit_phases"].splitlines()
+    assert phases == ["phase 1: learning rate 0.002", "phase 2 (last 15 layers): learning rate 0.0002"]
     assert len(result.history["loss"]) == 2
     # Phase 2 trained the whole trunk, BatchNorm included (ModelSpec.fine_tune_batchnorm).
     reference, _ = create_model("srm", 32, weights="dfk")
@@ -152,15 +166,15 @@ def test_fine_tuning_from_dfk_weights_runs_both_phases(shipped, tiny_data):
         assert not _same(result.model.get_layer(layer), reference.get_layer(layer)), layer
 
 
-
 def test_phase_1_keeps_the_pretrained_trunk_as_it_was(shipped, tiny_data):
     from dfk.config import TrainConfig
     from dfk.training.trainer import train
 
     cfg = TrainConfig.from_overrides(dict(arch="srm", data_dir=str(tiny_data), image_size=32, batch_size=8, epochs=1,
-                                          fine_tune_at=0, gradcam_images=0))
+                                          fine_tune_at=15, fine_tune_epochs=0, gradcam_images=0))
     result = train(cfg, experiment="head-only", log_model=False)
-    assert mlflow.get_run(result.run_id).data.tags["fit_phases"] == "phase 1: learning rate 0.002"
+    assert mlflow.get_run(result.run_id).data.tags["fit_phases"].splitlines()[0] == "phase 1: learning rate 0.002"
+    assert len(result.history["loss"]) == 1
     reference, _ = create_model("srm", 32, weights="dfk")
     for layer in ("conv1", "bn1", "conv4", "bn4"):
         assert _same(result.model.get_layer(layer), reference.get_layer(layer)), layer

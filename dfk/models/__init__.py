@@ -36,9 +36,9 @@ class ModelSpec:
     pretrained: bool = True  # has ImageNet weights to load
     learning_rate: float = 1e-3  # Adam's default, which the notebook used unchanged
     # Trunk layers phase 2 unfreezes (from the end) after the head learnt on the frozen pretrained trunk: 0 keeps
-    # the notebook's frozen ResNet. The forensic detectors' 15 are their whole trunk (conv1..relu4: 4 blocks of
-    # conv, BN, ReLU and the 3 pools between; a test checks it): features pre-trained on a synthetic corpus must
-    # adapt to a user's own images, which a head alone cannot.
+    # the notebook's frozen ResNet. From dfk's own weights (the forensic detectors) 0 means no frozen phase at
+    # all: the whole net trains from them in one phase, which measured as good as scratch on the built-in set
+    # where a frozen-trunk phase 1 cost ROC-AUC (docs/TRAINING.md); N > 0 asks for the two-phase recipe.
     fine_tune_at: int = 0
     # Phase 2's learning rate: small enough not to destroy ImageNet's features; for the forensic detectors a
     # tenth of their from-scratch rate, so the whole small trunk can move within a few epochs.
@@ -52,8 +52,8 @@ class ModelSpec:
     native_resolution: bool = False
 
 
-#: How the forensic detectors fine-tune from dfk's pre-trained weights (see the fields' comments).
-_FORENSIC_FINE_TUNING: dict[str, Any] = dict(fine_tune_at=15, fine_tune_lr=2e-4, fine_tune_batchnorm=True)
+#: How the forensic detectors fine-tune from dfk's pre-trained weights when fine_tune_at asks for two phases.
+_FORENSIC_FINE_TUNING: dict[str, Any] = dict(fine_tune_lr=2e-4, fine_tune_batchnorm=True)
 
 _REGISTRY: dict[str, ModelSpec] = {
     s.name: s
@@ -106,13 +106,17 @@ def trunk_layers(model) -> tuple[Any, list]:
     return model, layers
 
 
-def starts_pretrained(arch: str, used: str) -> bool:
-    """Whether a model that started from ``used`` (:func:`create_model`'s second value) has pretrained
-    features to keep while its head learns: ImageNet or a backbone file for a transfer model, dfk's
-    own weights for the others. A whole-model file (``model:PATH``) carries on training as a whole."""
+def starts_pretrained(arch: str, used: str, fine_tune_at: int = 0) -> bool:
+    """Whether a model that started from ``used`` (:func:`create_model`'s second value) keeps its
+    pretrained features frozen while its head learns (phase 1): ImageNet or a backbone file for a
+    transfer model, the notebook's recipe; dfk's own weights only when ``fine_tune_at`` asks for the
+    two-phase recipe (by default the whole net trains from them). A whole-model file (``model:PATH``)
+    carries on training as a whole."""
     from dfk.models.weights import DFK
 
-    return used != "random" and (get_spec(arch).pretrained or used.startswith(f"{DFK}:"))
+    if used == "random":
+        return False
+    return get_spec(arch).pretrained or (used.startswith(f"{DFK}:") and fine_tune_at > 0)
 
 
 def create_model(
