@@ -61,7 +61,7 @@ def main() -> None:
         "## The main job (`python -m bench.demo`)",
         "",
         "`mlflow run . --env-manager local --experiment-name dfk` (what `make demo` runs) in a fresh folder, "
-        f"offline, no pretrained weights, the built-in set generated first: **{seconds / 60:.1f} min** wall time. "
+        f"offline (no ImageNet weights; srm starts from the weights dfk ships), the built-in set generated first: **{seconds / 60:.1f} min** wall time. "
         "Test metrics on the built-in test split (300 fakes and 300 reals no model trained on); pointing game: "
         "share of test fakes whose Grad-CAM maximum lies in the forged region, beside smooth random maps and a "
         "Gaussian at the image centre.",
