@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+#: keras.applications backbones that take 30-120 s to build and train here: their per-architecture
+#: tests run in the slow suite (`.ci/run` runs it), so the default one stays under 15 minutes.
+HEAVY = {"resnet", "xception", "convnext", "efficientnet"}
+
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):

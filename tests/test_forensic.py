@@ -6,6 +6,7 @@ import pytest
 from dfk.explain.gradcam import MIN_GRID, default_layer, gradient_function
 from dfk.models import create_model, get_spec, list_models
 from dfk.models.layers import NeighbourResidual, SRMResidual, srm_kernels
+from tests.conftest import HEAVY
 
 
 def test_srm_kernels_are_high_pass():
@@ -50,7 +51,8 @@ def test_forensic_models_save_and_load_with_their_fixed_front_end(arch, tmp_path
     assert used == "random" and np.allclose(np.asarray(model(x)), np.asarray(again(x)), atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", [a for a in list_models() if get_spec(a).min_image_size <= 64])
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a in HEAVY else a
+                                  for a in list_models() if get_spec(a).min_image_size <= 64])
 def test_default_gradcam_map_is_at_least_8x8_at_64px(arch):
     model, _ = create_model(arch, 64, weights="none")
     layer = default_layer(model)

@@ -10,6 +10,7 @@ import pytest
 from dfk.config import TrainConfig
 from dfk.models import get_spec, list_models
 from dfk.training.trainer import train
+from tests.conftest import HEAVY
 
 EPOCH_KEYS = {"loss", "accuracy", "auc", "precision", "recall"}
 TEST_KEYS = {"accuracy", "precision", "recall", "f1", "roc_auc", "average_precision", "eer", "tpr_at_fpr_1pct",
@@ -23,8 +24,6 @@ ARTIFACTS = {
 }
 GRADCAM_KEYS = {"gradcam_pointing_game", "gradcam_mask_energy", "gradcam_pointing_game_random",
                 "gradcam_mask_energy_random"}
-# The big keras.applications backbones take ~30 s each here; they run in the slow suite.
-HEAVY = {"resnet", "xception", "convnext"}
 
 
 def _artifacts(run_id, path=""):
