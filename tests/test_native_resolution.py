@@ -263,3 +263,16 @@ def test_a_resizing_model_is_scored_as_before(trained_model, picture):
     expected = detector.calibrated(np.asarray(detector.model(decode_image(data, detector.image_size)[None].astype(np.float32))))
     pyfunc = mlflow.pyfunc.load_model(str(trained_model))
     assert float(pyfunc.predict(pd.DataFrame({"image": [data]})).probability_fake[0]) == pytest.approx(float(expected[0]), abs=1e-6)
+
+
+def test_a_forensic_model_that_saw_only_pictures_of_its_input_size_is_served_resizing(tiny_data):
+    """The built-in set's 64 px pictures at 64 px: nothing was cropped, so a larger picture is resized
+    for the model as before, not scored whole (its max pooling over a larger map would call it fake)."""
+    from dfk.config import TrainConfig
+    from dfk.serving.detector import load_detector
+    from dfk.training.trainer import train
+
+    cfg = TrainConfig.from_overrides(dict(arch="srm", data_dir=str(tiny_data), image_size=64, batch_size=8, epochs=1,
+                                          weights="none", gradcam_images=0))
+    result = train(cfg, experiment="whole-pictures")
+    assert load_detector(f"runs:/{result.run_id}/model").native is False

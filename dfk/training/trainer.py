@@ -111,7 +111,7 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
         result = _evaluate(model, cfg, index, data, tmp / "artifacts")
         _log_reports(model, fit.history, result, index, data, tmp / "artifacts")
         _log_gradcam_gallery(model, result.test, cfg, tmp, result.temperature)
-        model_uri = _log_model(model, cfg, used_weights, result, index, tmp) if log_model else None
+        model_uri = _log_model(model, cfg, used_weights, result, index, tmp, data.native) if log_model else None
         run_id = active.info.run_id
     ckpt.finished()
     metrics = result.metrics
@@ -161,7 +161,9 @@ class _Streams:
     validation: Any
     common: dict[str, Any]
     failures: Any
-    native: bool = False  # a native-resolution model (ModelSpec.native_resolution): crops, and scored whole
+    # A native-resolution model (ModelSpec.native_resolution) on data with pictures larger than its input:
+    # trained on crops, and scored whole; on pictures no larger than its input nothing changes.
+    native: bool = False
 
     @classmethod
     def of(cls, cfg: TrainConfig, place, index) -> "_Streams":
@@ -259,8 +261,10 @@ def _log_reports(model, history, result: _Evaluation, index, data: _Streams, art
     mlflow.log_text("".join(f"{p}\t{r}\n" for p, r in bad), "data/bad_files.tsv")
 
 
-def _log_model(model, cfg: TrainConfig, used_weights: str, result: _Evaluation, index, tmp: Path) -> str:
-    """The served model (:mod:`dfk.serving.detector`) in the run; its ``runs:/`` URI."""
+def _log_model(model, cfg: TrainConfig, used_weights: str, result: _Evaluation, index, tmp: Path,
+               native: bool) -> str:
+    """The served model (:mod:`dfk.serving.detector`) in the run; its ``runs:/`` URI. ``native``: the run
+    trained on native-resolution crops (:class:`_Streams`), so it is served scoring pictures whole."""
     import mlflow
 
     from dfk.serving.detector import log_detector
@@ -270,9 +274,10 @@ def _log_model(model, cfg: TrainConfig, used_weights: str, result: _Evaluation, 
     meta = {"arch": cfg.arch, "image_size": cfg.image_size, "threshold": result.threshold,
             "temperature": result.temperature, "batch_size": cfg.batch_size, "backbone_weights": used_weights,
             "dataset_fingerprint": index.fingerprint}
-    from dfk.models import get_spec
-
-    if get_spec(cfg.arch).native_resolution and not cfg.faces:  # served as the run scored (dfk.data.views.decode_views)
+    # Served as the run scored (dfk.data.views.decode_views). A model that only ever saw whole pictures at
+    # its input size (the built-in set) learnt them at that scale: a larger picture is resized for it, as
+    # before; scored whole, its max pooling over a far larger map called every real photograph fake.
+    if native:
         meta["native_resolution"] = True
     if cfg.faces:  # how its images were cut: scoring finds and cuts faces the same way
         from dfk.data.faces import folder_rule
