@@ -36,14 +36,14 @@ def _pictures(index, split: str, size: int, cells: int) -> tuple[np.ndarray, np.
     import cv2
     from PIL import Image
 
+    from dfk.data.decode import decode_image, read_bytes
     from dfk.data.synth import mask_path
 
     paths, labels = index.paths(split), index.labels(split)
     x = np.zeros((len(paths), size, size, 3), np.uint8)
     region = np.zeros((len(paths), cells, cells, 1), np.float32)
     for i, (path, label) in enumerate(zip(paths, labels)):
-        with Image.open(path) as im:
-            x[i] = np.asarray(im.convert("RGB").resize((size, size)))
+        x[i] = decode_image(read_bytes(path), size)  # dfk's own decoder: the checks and resize every model gets
         mask = mask_path(path) if label else None
         if mask is not None:
             m = np.asarray(Image.open(mask).convert("L"), np.float32) / 255.0

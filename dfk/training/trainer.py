@@ -102,8 +102,8 @@ def _train(cfg: TrainConfig, experiment, parent_run_id, callbacks, log_model, ta
         tmp = Path(tmp)
         ckpt.begin(active, tmp, log_inputs=lambda: _log_inputs(cfg, place, index, tags))
         data = _Streams.of(cfg, place, index)
-        fit = Fit(model, cfg, place, data.train, data.validation, ckpt, starts_pretrained(cfg.arch, used_weights, cfg.fine_tune_at),
-                  callbacks)
+        frozen_first = starts_pretrained(cfg.arch, used_weights, cfg.fine_tune_at)
+        fit = Fit(model, cfg, place, data.train, data.validation, ckpt, frozen_first, callbacks)
         phase_1_end = fit.head()  # phase 1: the head on a frozen pretrained trunk, or the whole model
         fit.fine_tune(after=phase_1_end)  # phase 2: the trunk's last layers too, from the best head
         fit.restore_best()
