@@ -59,3 +59,18 @@ def test_training_stream_reshuffles_every_epoch_whether_kept_in_memory_or_stream
     epochs = [[s.decode() for s in next(iter(ds))[2].numpy()] for _ in range(3)]
     assert all(sorted(e) == sorted(paths) for e in epochs)  # every image, once, each epoch
     assert len({tuple(e) for e in epochs}) > 1  # in a new order
+
+
+def test_a_batch_is_mirrored_image_by_image():
+    import tensorflow as tf
+
+    from dfk.data.pipeline import _mirror_some
+
+    images = np.random.default_rng(0).integers(0, 256, (64, 5, 7, 3), dtype=np.uint8)
+    out = _mirror_some(tf.constant(images), seed=1).numpy()
+    assert out.shape == images.shape and out.dtype == np.uint8
+    same = [np.array_equal(o, x) for o, x in zip(out, images)]
+    mirrored = [np.array_equal(o, x[:, ::-1]) for o, x in zip(out, images)]
+    assert all(s or m for s, m in zip(same, mirrored))  # each image whole, as it was or mirrored
+    assert 16 < sum(mirrored) < 48  # about half
+    assert _mirror_some(tf.zeros((0, 5, 7, 3), tf.uint8), seed=1).shape == (0, 5, 7, 3)

@@ -1,5 +1,6 @@
 """Evaluation on any folder, clean and perturbed, logged as its own run with the shared metrics."""
 
+import csv
 import json
 
 import mlflow
@@ -64,8 +65,17 @@ def test_evaluate_scores_a_runs_model_on_its_own_data_by_default_and_builtin_by_
     assert r.exit_code == 0, r.output
     assert f"scored on the test split of {tiny_data} (val_split 0.2, seed 5), as the model's run split it" in r.stdout
     ev = mlflow.get_run(r.stdout.split("evaluation run ")[1].split()[0])
-    # The same test split, so the same figure the training run logged.
-    assert ev.data.metrics["test_roc_auc"] == pytest.approx(result.metrics["test_roc_auc"], abs=1e-6)
+    # The same test split, file for file, scored as the training run scored it (its TensorFlow stream
+    # resizes 64 -> 32 px a little differently from the served path). Not compared through ROC-AUC: a
+    # model trained one epoch on 12 pictures gives near-equal scores, whose order rounding may swap.
+    def scores(run_id):
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="evaluation/test_predictions.csv")
+        return {row["path"]: (row["label"], float(row["probability_fake"])) for row in csv.DictReader(open(path))}
+
+    trained, evaluated = scores(result.run_id), scores(ev.info.run_id)
+    assert sorted(evaluated) == sorted(trained) and len(trained) == 12
+    for path, (label, prob) in trained.items():
+        assert evaluated[path][0] == label and evaluated[path][1] == pytest.approx(prob, abs=2e-3)
     assert ev.data.params["seed"] == "5" and ev.data.params["data_dir"] == str(tiny_data)
 
     r = CliRunner().invoke(app, ["evaluate", uri, "-d", "builtin"])  # the built-in set, generated on first use

@@ -20,6 +20,7 @@ ARTIFACTS = {
     "data/dataset.json", "evaluation/test_confusion_matrix.png", "evaluation/test_confusion_matrix.json",
     "evaluation/test_classification_report.txt", "evaluation/test_classification_report.json",
     "evaluation/test_roc_curve.png", "evaluation/test_pr_curve.png", "evaluation/test_reliability_diagram.png",
+    "evaluation/test_predictions.csv",
     "gradcam/gradcam_gallery.png",
 }
 GRADCAM_KEYS = {"gradcam_pointing_game", "gradcam_mask_energy", "gradcam_pointing_game_random",

@@ -8,6 +8,7 @@ Every metric is guarded against single-class inputs, where ROC quantities are un
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -201,6 +202,14 @@ def write_report(ev: Evaluation, out_dir: str | Path, prefix: str = "test") -> l
     (out / f"{prefix}_classification_report.json").write_text(
         json.dumps(classification_report(y, pred, output_dict=True, **report_kw), indent=2))
     written += [out / f"{prefix}_classification_report.txt", out / f"{prefix}_classification_report.json"]
+    if ev.paths:  # each file's score, for error analysis (sort by probability, open the worst)
+        table = out / f"{prefix}_predictions.csv"
+        with table.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "probability_fake", "predicted"])
+            w.writerows((path, CLASS_NAMES[t], f"{prob:.9g}", CLASS_NAMES[v])
+                        for path, t, prob, v in zip(ev.paths, y, p, pred))
+        written.append(table)
 
     if _both_classes(y):
         fig, ax = plt.subplots(figsize=(4.5, 4))
