@@ -269,9 +269,10 @@ def _decode_lines(d: dict) -> list[str]:
                          f"**{f[0] / n[0]:.2f}** | {p[0] / n[0]:.2f} |")
     if len(threads) > 1:
         lo, hi = threads[0], threads[-1]
-        lines += ["", "From {} to {} threads: ".format(lo, hi) + ", ".join(
-            f"{name} {m[f'{name}/train/{hi}'][0] / m[f'{name}/train/{lo}'][0]:.2f}x"
-            for name in ("native", "dfk", "pillow")) + " (training stream)."]
+        lines += ["", f"From {lo} to {hi} threads: " + "; ".join(
+            ", ".join(f"{name} {m[f'{name}/{mode}/{hi}'][0] / m[f'{name}/{mode}/{lo}'][0]:.2f}x"
+                      for name in ("native", "dfk", "pillow")) + f" ({label} stream)"
+            for mode, label in (("decode", "evaluation"), ("train", "training"))) + "."]
     return lines
 
 

@@ -28,8 +28,15 @@ def machine() -> str:
         pass
     import tensorflow as tf
 
+    gpus = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            gpus.append(tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name))
+        except (ValueError, RuntimeError):
+            gpus.append(gpu.name)
     return (f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.machine()}, "
-            f"Python {platform.python_version()}, TensorFlow {tf.__version__}, no GPU")
+            f"Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+            f"{', '.join(gpus) if gpus else 'no GPU'}")
 
 
 def write_section(name: str, body: str) -> None:

@@ -129,6 +129,22 @@ def test_runs_of_mlflow_runs_default_experiment_are_found_with_no_flag(tiny_data
     assert r.exit_code == 2 and "experiment 'dfk' does not exist" in r.stderr
 
 
+def test_register_chooses_among_the_runs_on_the_newest_runs_data(tiny_data, tmp_path):
+    from dfk.data.synth import SynthSpec, generate
+
+    other = generate(SynthSpec(train=12, validation=6, test=6, image_size=64, seed=9), tmp_path / "other")
+    demo = _train(tiny_data, "dfk", 1)  # say, the demo's run on the built-in set
+    MlflowClient().log_metric(demo.run_id, "test_roc_auc", 0.99)  # scores high on its own test split
+    mine = _train(other, "Default", 2)  # then the user's first run on their own folder
+    MlflowClient().log_metric(mine.run_id, "test_roc_auc", 0.6)
+    r = CliRunner().invoke(app, ["register"])
+    assert r.exit_code == 0, r.output
+    assert f"(run {mine.run_id})" in r.stdout and f"the best of the runs on {other}" in r.stdout
+    again = _train(tiny_data, "dfk", 3)  # back on the first data: its best run is the older one
+    MlflowClient().log_metric(again.run_id, "test_roc_auc", 0.5)
+    assert register_best().run_id == demo.run_id
+
+
 def test_register_without_runs_is_a_clear_error():
     with pytest.raises(UserError, match="experiment 'nothing' does not exist"):
         register_best("nothing")

@@ -19,12 +19,15 @@ def register(
     metric: Annotated[str, typer.Option(help="Run metric that picks the best (ties: lower test_log_loss).")] = SETTINGS.select_metric,
     name: Annotated[str, typer.Option(help="Registered model name.")] = SETTINGS.model_name,
 ) -> None:
-    """Register the best finished run as a new version with alias 'challenger' (the first also 'champion')."""
+    """Register the best finished run on the newest training run's data as a new version with alias
+    'challenger' (the first also 'champion'); test figures compare only on one test split."""
     from dfk.registry.promotion import register_best
 
     r = register_best(_unset(experiment), metric, name)
     typer.echo(f"{'registered' if r.created else 'already registered'} {r.name} version {r.version} "
                f"(run {r.run_id}) as {', '.join(r.aliases)}")
+    if r.data:
+        typer.echo(f"the best of the runs on {r.data}, the data of the newest training run")
     typer.echo(f"models:/{r.name}@{r.aliases[-1]}")
 
 

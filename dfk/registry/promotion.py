@@ -30,18 +30,25 @@ class Registered:
     run_id: str
     aliases: list[str]
     created: bool
+    data: str = ""  # the data its run trained on (its data_dir parameter)
 
 
 def best_run(experiment: str | None = None, metric: str = SETTINGS.select_metric, parent_run_id: str | None = None,
              run_ids: tuple[str, ...] = ()):
     """The finished run with a logged model that ranks first by ``metric`` (lower log loss breaks ties),
-    among the training runs of ``experiment`` (every experiment when None), of one parent run, or
-    among ``run_ids``."""
+    among the training runs of one parent run, or among ``run_ids``; else among the training runs of
+    ``experiment`` (every experiment when None) on the data the newest of them trained on: test
+    figures compare only on one test split (the demo's built-in set scores higher than most real
+    sets, and would otherwise win over a user's first run on their own folder)."""
     from dfk.runs import tracking
     from dfk.metrics.binary import lower_is_better
 
+    fingerprint = None
+    if not parent_run_id and not run_ids:
+        newest = tracking.trained_runs(experiment, order_by=["attributes.start_time DESC"], max_results=1)
+        fingerprint = newest[0].data.tags.get("dataset_fingerprint") if newest else None
     runs = tracking.trained_runs(
-        experiment, parent_run_id=parent_run_id, max_results=50, run_ids=tuple(run_ids),
+        experiment, parent_run_id=parent_run_id, max_results=50, run_ids=tuple(run_ids), fingerprint=fingerprint,
         order_by=[f"metrics.{metric} {'ASC' if lower_is_better(metric) else 'DESC'}", "metrics.test_log_loss ASC"])
     runs = [r for r in runs if metric in r.data.metrics and math.isfinite(r.data.metrics[metric])]
     if not runs:
@@ -81,7 +88,8 @@ def register_best(experiment: str | None = None, metric: str = SETTINGS.select_m
     if _alias_version(client, name, SETTINGS.champion) is None:
         client.set_registered_model_alias(name, SETTINGS.champion, version.version)
         aliases.append(SETTINGS.champion)
-    return Registered(name, str(version.version), run.info.run_id, aliases, created)
+    return Registered(name, str(version.version), run.info.run_id, aliases, created,
+                      run.data.params.get("data_dir", ""))
 
 
 def _versions(client, name: str):

@@ -118,15 +118,18 @@ def use_experiment(name: str | None) -> None:
 
 
 def trained_runs(experiment: str | None = None, order_by: list[str] | None = None, parent_run_id: str | None = None,
-                 output_format: str = "list", max_results: int = 1000, run_ids: tuple[str, ...] = ()):
+                 output_format: str = "list", max_results: int = 1000, run_ids: tuple[str, ...] = (),
+                 fingerprint: str | None = None):
     """Finished training runs of ``experiment``, or of every experiment when it is None: ``mlflow
     run`` puts runs in whichever experiment it is given (``Default`` without --experiment-name),
     and ``dfk register``/``compare`` find them there with no flag. ``run_ids``: only those runs (a
-    pipeline's, some reused from an earlier run of it)."""
+    pipeline's, some reused from an earlier run of it); ``fingerprint``: only runs on that data
+    (:attr:`dfk.data.scan.DatasetIndex.fingerprint`)."""
     if experiment and mlflow.get_experiment_by_name(experiment) is None:
         raise UserError(f"experiment {experiment!r} does not exist; train a model first (dfk train)")
     where = TRAINED + (f" and tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else "")
     where += f" and attributes.run_id IN ({', '.join(repr(str(r)) for r in run_ids)})" if run_ids else ""
+    where += f" and tags.dataset_fingerprint = '{fingerprint}'" if fingerprint else ""
     scope = {"experiment_names": [experiment]} if experiment else {"search_all_experiments": True}
     return mlflow.search_runs(filter_string=where, order_by=order_by, output_format=output_format,
                               max_results=max_results, **scope)
