@@ -210,7 +210,7 @@ def test_two_promotes_racing_never_leave_a_worse_champion(monkeypatch, seed):
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=300)  # a hang guard, not a speed limit
     assert not errors
     assert str(client.get_model_version_by_alias("m", "champion").version) == "2"  # the best, whoever came first
     decided = {v: client.get_model_version("m", v).tags.get("promotion_decision") for v in ("2", "3")}
