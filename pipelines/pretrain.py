@@ -32,6 +32,8 @@ from dfk.config import TrainConfig, parse_archs
 
 #: Experiment of the pre-training's runs.
 EXPERIMENT = "dfk-pretrain"
+#: Artifact folder of a training step's weights (and of the export step's copy and manifest).
+WEIGHTS = "weights"
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def run_pretrain(base: TrainConfig, spec: PretrainSpec = PretrainSpec(), experim
 def localize(p, cfg: TrainConfig, index, region_weight: float):
     """Step 2, per architecture: train ``cfg.arch`` from scratch on the corpus' labels and forged
     regions (:func:`dfk.training.localized.pretrain_localized`); the step's run holds every epoch's
-    figures, the test ROC-AUC and the weights (artifact ``weights/<arch>.weights.h5``)."""
+    figures, the test ROC-AUC and the weights (artifact ``WEIGHTS/<arch>.weights.h5``)."""
 
     def body(run_id: str) -> dict:
         import mlflow
@@ -132,7 +134,7 @@ def localize(p, cfg: TrainConfig, index, region_weight: float):
         client.log_metric(run_id, "test_roc_auc", r.test_roc_auc)
         client.log_metric(run_id, "epochs_trained", len(r.history.get("loss", [])))
         with tempfile.TemporaryDirectory() as tmp:
-            client.log_artifact(run_id, str(save_weights(r.model, Path(tmp), cfg.arch)), "weights")
+            client.log_artifact(run_id, str(save_weights(r.model, Path(tmp), cfg.arch)), WEIGHTS)
         p.say(f"{cfg.arch}: test ROC-AUC {r.test_roc_auc:.3f} on the corpus' test split")
         return {"test_roc_auc": r.test_roc_auc}
 
@@ -163,6 +165,7 @@ def export(p, runs: dict[str, str], cfgs: list[TrainConfig], synth_spec, out: Pa
         from dfk.models import get_spec
         from dfk.models.weights import MANIFEST, manifest, sha256_of
         from dfk.runs.steps import code_version
+        from dfk.training.localized import weights_name
 
         client = mlflow.MlflowClient()
         out.mkdir(parents=True, exist_ok=True)
@@ -171,8 +174,8 @@ def export(p, runs: dict[str, str], cfgs: list[TrainConfig], synth_spec, out: Pa
         with tempfile.TemporaryDirectory() as tmp:
             for cfg in cfgs:
                 trained = client.get_run(runs[cfg.arch])
-                name = f"{cfg.arch}.weights.h5"
-                got = mlflow.artifacts.download_artifacts(run_id=runs[cfg.arch], artifact_path=f"weights/{name}", dst_path=tmp)
+                name = weights_name(cfg.arch)
+                got = mlflow.artifacts.download_artifacts(run_id=runs[cfg.arch], artifact_path=f"{WEIGHTS}/{name}", dst_path=tmp)
                 shutil.move(got, out / name)  # the file first, then the manifest naming it
                 metrics = trained.data.metrics
                 entries[cfg.arch] = {
@@ -184,11 +187,11 @@ def export(p, runs: dict[str, str], cfgs: list[TrainConfig], synth_spec, out: Pa
                     "pipeline_run_id": p.run_id, "dfk_code": code_version(),
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 }
-                client.log_artifact(run_id, str(out / name), "weights")
+                client.log_artifact(run_id, str(out / name), WEIGHTS)
             staged = Path(tmp) / MANIFEST
             staged.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
             shutil.move(str(staged), out / MANIFEST)
-        client.log_artifact(run_id, str(out / MANIFEST), "weights")
+        client.log_artifact(run_id, str(out / MANIFEST), WEIGHTS)
         return {f"sha256_{a}": entries[a]["sha256"] for a in runs}
 
     params = {"runs": ",".join(f"{a}={r}" for a, r in sorted(runs.items())), "out": str(out)}

@@ -54,7 +54,9 @@ def _pictures(index, split: str, size: int, cells: int) -> tuple[np.ndarray, np.
 def _stream(x, y, region, batch_size: int, seed: int, train: bool):
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, {"probability_fake": y, REGION_HEAD: region}))
+    from dfk.models import OUTPUT_LAYER
+
+    ds = tf.data.Dataset.from_tensor_slices((x, {OUTPUT_LAYER: y, REGION_HEAD: region}))
     if train:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
 
@@ -120,8 +122,13 @@ def pretrain_localized(cfg: TrainConfig, index, region_weight: float, log=None) 
                            float(roc_auc_score(y, p)))
 
 
+def weights_name(arch: str) -> str:
+    """The file name of ``arch``'s whole-model weights, in a pre-training run and in the package."""
+    return f"{arch}.weights.h5"
+
+
 def save_weights(model, folder: Path, arch: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{arch}.weights.h5"
+    path = folder / weights_name(arch)
     model.save_weights(path)
     return path
